@@ -1,0 +1,133 @@
+"""Capsule building blocks: squash, primary capsules, routing, masking and the losses.
+
+Shapes: B = batch, N = number of capsules, D = capsule dimension. Capsules are (B, N, D).
+Everything follows ../SPEC (the paper and the authors' TensorFlow code); where the two differ the
+code is followed and the comment says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 1e-20  # the authors' epsilon; tiny on purpose so that |squash(s)| -> 1 - exp(-|s|)
+
+
+def squash(s: torch.Tensor, dim: int = -1, eps: float = EPS) -> torch.Tensor:
+    """Efficient-CapsNet squash: (1 - 1/(exp|s| + eps)) * s / (|s| + eps).
+
+    Keeps the direction of s and maps its length |s| to 1 - exp(-|s|) in [0, 1).
+    """
+    norm = torch.linalg.vector_norm(s, dim=dim, keepdim=True)
+    return (1 - 1 / (torch.exp(norm) + eps)) * s / (norm + eps)
+
+
+def squash_hinton(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """Original CapsNet squash (Sabour et al. 2017): |s|^2 / (1 + |s|^2) * s / |s|."""
+    sq = (s * s).sum(dim=dim, keepdim=True)
+    return sq / (1 + sq) * s / torch.sqrt(sq + eps)
+
+
+def keras_he_normal_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """Keras' `he_normal`: truncated normal (+-2 std) with std = sqrt(2 / fan_in) / 0.8796.
+
+    Keras rescales the std so the *truncated* distribution has variance 2 / fan_in.
+    """
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
+class PrimaryCaps(nn.Module):
+    """Depthwise conv ('valid', no activation) reshaped to capsules and squashed.
+
+    Input (B, C, H, W) -> output (B, num_caps, caps_dim). The reshape takes channels last, as
+    Keras' Reshape does on an NHWC tensor, so imported Keras weights give the same capsules.
+    """
+
+    def __init__(self, in_channels: int, kernel_size: int, num_caps: int, caps_dim: int,
+                 stride: int = 1):
+        super().__init__()
+        self.num_caps, self.caps_dim = num_caps, caps_dim
+        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride,
+                              groups=in_channels)
+        keras_he_normal_(self.conv.weight, fan_in=kernel_size * kernel_size)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)  # NHWC, as in Keras
+        return squash(x.reshape(x.shape[0], self.num_caps, self.caps_dim))
+
+
+class SelfAttentionRouting(nn.Module):
+    """Fully connected capsule layer with self-attention routing (Mazzia et al. 2021).
+
+    u_hat[j,i] = u_i W[j,i];  A[j,i] = sum_k <u_hat[j,i], u_hat[j,k]> / sqrt(d_out);
+    c = softmax over j (output capsules) of A;  v_j = squash(sum_i (c[j,i] + b[j,i]) u_hat[j,i]).
+
+    Input (B, n_in, d_in) -> output (B, n_out, d_out). With ``uniform=True`` the coupling is the
+    constant 1/n_out instead (an ablation: does routing do anything?).
+    """
+
+    def __init__(self, n_in: int, d_in: int, n_out: int, d_out: int, uniform: bool = False):
+        super().__init__()
+        self.n_in, self.d_in, self.n_out, self.d_out = n_in, d_in, n_out, d_out
+        self.uniform = uniform
+        self.W = nn.Parameter(torch.empty(n_out, n_in, d_in, d_out))
+        self.b = nn.Parameter(torch.zeros(n_out, n_in))
+        # Keras computes fan_in of a 4-D weight as prod(shape[:-1]) = n_out * n_in * d_in.
+        keras_he_normal_(self.W, fan_in=n_out * n_in * d_in)
+
+    def predictions(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, n_in, d_in) -> u_hat (B, n_out, n_in, d_out)."""
+        return torch.einsum("bid,jide->bjie", u, self.W)
+
+    def coupling(self, u_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u_hat (B, n_out, n_in, d_out) -> (c, A), both (B, n_out, n_in); c sums to 1 over n_out."""
+        # sum_k <u_hat[j,i], u_hat[j,k]> = <u_hat[j,i], sum_k u_hat[j,k]>: O(n_in), not O(n_in^2).
+        agreement = (u_hat * u_hat.sum(dim=2, keepdim=True)).sum(-1) / math.sqrt(self.d_out)
+        if self.uniform:
+            return torch.full_like(agreement, 1.0 / self.n_out), agreement
+        return torch.softmax(agreement, dim=1), agreement
+
+    def forward(self, u: torch.Tensor, return_routing: bool = False):
+        u_hat = self.predictions(u)
+        c, agreement = self.coupling(u_hat)
+        v = squash(((c + self.b).unsqueeze(-1) * u_hat).sum(dim=2))
+        if return_routing:
+            return v, c, agreement
+        return v
+
+
+def margin_loss(lengths: torch.Tensor, targets: torch.Tensor, m_plus: float = 0.9,
+                m_minus: float = 0.1, lam: float = 0.5) -> torch.Tensor:
+    """Margin loss, summed over classes and averaged over the batch.
+
+    lengths (B, n_classes) capsule lengths; targets (B, n_classes) multi-hot (1 for every true
+    class; MultiMNIST has two) or (B,) integer labels.
+    """
+    if targets.dim() == 1:
+        targets = F.one_hot(targets, lengths.shape[1])
+    targets = targets.to(lengths.dtype)
+    present = targets * F.relu(m_plus - lengths) ** 2
+    absent = lam * (1 - targets) * F.relu(lengths - m_minus) ** 2
+    return (present + absent).sum(dim=1).mean()
+
+
+def mask_capsules(capsules: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero every capsule but one and flatten: (B, N, D) -> (B, N * D).
+
+    The kept capsule is the true label when ``labels`` (B,) is given (training), otherwise the
+    longest capsule (inference). Earlier ports masked by the prediction during training: wrong.
+    """
+    if labels is None:
+        labels = torch.linalg.vector_norm(capsules, dim=-1).argmax(dim=1)
+    mask = F.one_hot(labels, capsules.shape[1]).to(capsules.dtype)
+    return (capsules * mask.unsqueeze(-1)).flatten(1)
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over pixels and batch (Keras 'mse'); weight it by 0.392 outside."""
+    return F.mse_loss(reconstruction.flatten(1), images.flatten(1).to(reconstruction.dtype))

@@ -1,0 +1,215 @@
+"""The ``effcn`` command line: train, eval, predict, datasets, models.
+
+Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
+command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EffcnError
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.epochs=10 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="effcn", description=__doc__.splitlines()[0])
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"effcn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", help="YAML config (see configs/); defaults apply to missing keys")
+    _add_set(p)
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on the test (or val) split")
+    p.add_argument("run", help="run directory (or a checkpoint .pt inside one)")
+    p.add_argument("--checkpoint", default="best", help="best | last | path to a .pt file")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    _add_set(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files with a trained run")
+    p.add_argument("run", help="run directory or checkpoint .pt")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) of the model's size")
+    p.add_argument("--checkpoint", default="best", help="best | last | path to a .pt file")
+    p.add_argument("--invert", action="store_true",
+                   help="invert intensities (for dark digits on a light background)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("datasets", help="list known datasets, where they are looked for, found or not")
+    p.add_argument("--root", help="also look under this folder (as data.root would)")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("models", help="list registered models with their parameter counts")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except EffcnError as e:
+        print(f"effcn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"effcn {args.command}: interrupted; a run can be continued with "
+              f"effcn train --resume RUN", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from .training.config import load_config
+    from .training.trainer import Trainer, load_run_config
+    if args.resume:
+        if args.config:
+            raise EffcnError("--resume takes the run's own saved config; drop --config (use --set "
+                             "to change fields such as train.epochs).")
+        run_dir = Path(args.resume)
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise EffcnError(f"cannot resume {run_dir}: it has no checkpoints/last.pt (the run "
+                             f"stopped before its first epoch ended); start a new run instead.")
+        from .training.config import parse_scalar, set_value, validate
+        config = load_run_config(run_dir)
+        for item in args.overrides:
+            key, _, raw = item.partition("=")
+            set_value(config, key.strip(), parse_scalar(raw))
+        validate(config)
+        trainer = Trainer(config, run_dir=run_dir, resume=True, quiet=args.quiet)
+    else:
+        config = load_config(args.config, args.overrides)
+        name = Path(args.config).stem if args.config else "run"
+        trainer = Trainer(config, config_name=name, quiet=args.quiet)
+    summary = trainer.fit()
+    print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc", "test_acc")}))
+    return 0
+
+
+def resolve_checkpoint(run: str, which: str) -> Path:
+    """A run directory + best/last, or a direct path, -> checkpoint path."""
+    run_path = Path(run)
+    if run_path.is_file():
+        return run_path
+    if which in ("best", "last"):
+        path = run_path / "checkpoints" / f"{which}.pt"
+        if not run_path.is_dir():
+            raise EffcnError(f"run directory {run_path} does not exist; pass a folder created by "
+                             f"effcn train.")
+        if not path.is_file():
+            raise EffcnError(f"{run_path} has no {which} checkpoint ({path} is missing); has the "
+                             f"run finished an epoch?")
+        return path
+    return Path(which)
+
+
+def _run_dir_of(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def cmd_eval(args) -> int:
+    from .training.checkpoint import model_from_checkpoint
+    from .training.config import config_from_dict, parse_scalar, set_value, validate
+    from .training.trainer import (as_nchw, evaluate_model, load_split, resolve_device,
+                                   train_val_split)
+    ckpt = resolve_checkpoint(args.run, args.checkpoint)
+    device = resolve_device("auto")
+    model, state = model_from_checkpoint(ckpt, map_location=device)
+    model.to(device)
+    config = config_from_dict(state["config"])
+    for item in args.overrides:
+        key, _, raw = item.partition("=")
+        set_value(config, key.strip(), parse_scalar(raw))
+    validate(config)
+    if args.split == "test":
+        ds = load_split(config, "test")
+        images, labels = as_nchw(ds.images), ds.labels.long()
+    else:
+        ds = load_split(config, "train")
+        _, val_idx = train_val_split(len(ds.labels), config.data.val_size, config.data.split_seed)
+        images, labels = as_nchw(ds.images)[val_idx], ds.labels.long()[val_idx]
+    images, labels = images.to(device), labels.to(device)
+    result = evaluate_model(model, images, labels, config.train.recon_weight,
+                            config.train.eval_batch_size, return_predictions=True)
+    preds = result.pop("predictions")
+    result.pop("lengths")
+    names = state.get("class_names") or [str(i) for i in range(model.config.num_classes)]
+    per_class = {}
+    for c in range(model.config.num_classes):
+        mask = labels == c
+        if mask.any():
+            per_class[names[c]] = float((preds[mask] == c).float().mean())
+    report = {"checkpoint": str(ckpt), "epoch": state["epoch"], "split": args.split,
+              "dataset": config.data.dataset, "images": len(labels), **result,
+              "per_class_acc": per_class}
+    print(f"{config.data.dataset} {args.split}: accuracy {result['acc']:.4f} "
+          f"({int(round(result['acc'] * len(labels)))}/{len(labels)}), loss {result['loss']:.4f} "
+          f"[checkpoint {ckpt.name}, epoch {state['epoch']}]")
+    print("per class: " + "  ".join(f"{k}:{v:.4f}" for k, v in per_class.items()))
+    from .training.checkpoint import atomic_write_text
+    out = _run_dir_of(ckpt) / f"eval_{args.split}_{ckpt.stem}.json"
+    atomic_write_text(out, json.dumps(report, indent=2))
+    print(f"written: {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+    from .images import load_image
+    from .training.checkpoint import model_from_checkpoint
+    ckpt = resolve_checkpoint(args.run, args.checkpoint)
+    model, state = model_from_checkpoint(ckpt)
+    model.eval()
+    cfg = model.config
+    names = state.get("class_names") or [str(i) for i in range(cfg.num_classes)]
+    batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels, invert=args.invert)
+                         for p in args.images])
+    with torch.no_grad():
+        lengths = model(batch).lengths
+    for path, row in zip(args.images, lengths.tolist()):
+        pred = max(range(len(row)), key=row.__getitem__)
+        if args.json:
+            print(json.dumps({"image": path, "class": pred, "name": names[pred],
+                              "lengths": [round(v, 4) for v in row]}))
+        else:
+            print(f"{path}: class {names[pred]} (length {row[pred]:.3f})  lengths: "
+                  + " ".join(f"{v:.3f}" for v in row))
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import describe_datasets
+    rows = describe_datasets(args.root)
+    for r in rows:
+        status = f"found in {r['found']}" if r["found"] else "not found"
+        print(f"{r['name']:<14} {status}")
+        print(f"{'':<14} {r['description']}")
+        print(f"{'':<14} looked in: {', '.join(str(d) for d in r['searched'])}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import create_model, describe_model, list_models
+    from .models.efficient_capsnet import count_parameters
+    print(f"{'model':<32} {'params':>10} {'w/o decoder':>12}  description")
+    for name in list_models():
+        m = create_model(name)
+        print(f"{name:<32} {count_parameters(m):>10,} "
+              f"{count_parameters(m, include_decoder=False):>12,}  {describe_model(name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

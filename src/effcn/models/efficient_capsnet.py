@@ -1,0 +1,187 @@
+"""Efficient-CapsNet (Mazzia, Salvetti, Chiaberge 2021), built from a dataclass config.
+
+    image (B, C, H, W)
+      -> stem: 4 convs ('valid'), each conv -> activation -> norm      feature map (B, 128, h, w)
+      -> PrimaryCaps: depthwise conv -> reshape -> squash              (B, 16, 8)
+      -> SelfAttentionRouting                                          (B, n_classes, 16)
+      -> lengths |v_j| are the class scores                            (B, n_classes)
+      -> decoder on the capsules masked to one class                   (B, C, H, W) in [0, 1]
+
+Presets (registered at the bottom): mnist (161,824 parameters without the decoder), multimnist,
+and a tiny variant for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+from ..capsules import PrimaryCaps, SelfAttentionRouting, keras_he_normal_, mask_capsules
+from .registry import register_model
+
+
+class CapsNetOutput(NamedTuple):
+    """What a capsule network's forward returns.
+
+    capsules (B, n_classes, D); lengths (B, n_classes) in [0, 1); reconstruction (B, C, H, W) or
+    None (no decoder); routing: coupling coefficients c (B, n_out, n_in), summing to 1 over n_out,
+    and agreement: the routing logits A (B, n_out, n_in), both only when asked for.
+    """
+    capsules: torch.Tensor
+    lengths: torch.Tensor
+    reconstruction: Optional[torch.Tensor] = None
+    routing: Optional[torch.Tensor] = None
+    agreement: Optional[torch.Tensor] = None
+
+
+@dataclass
+class EfficientCapsNetConfig:
+    """Everything needed to build the network; stored in every checkpoint."""
+    image_size: int = 28                # square inputs, pixels
+    in_channels: int = 1
+    num_classes: int = 10
+    # (out_channels, kernel, stride) of the four 'valid' convs
+    stem: tuple = ((32, 5, 1), (64, 3, 1), (64, 3, 1), (128, 3, 2))
+    activation: str = "relu"            # relu | leaky_relu (slope 0.3, smallNORB)
+    norm: str = "batch"                 # batch | instance
+    primary_kernel: int = 9
+    primary_stride: int = 1
+    primary_caps: int = 16
+    primary_dim: int = 8
+    caps_dim: int = 16
+    routing: str = "self_attention"     # self_attention | uniform (ablation: c = 1/n_out)
+    decoder: str = "fc"                 # fc | none
+    decoder_hidden: tuple = (512, 1024)
+
+    def __post_init__(self):
+        self.stem = tuple(tuple(int(v) for v in layer) for layer in self.stem)
+        self.decoder_hidden = tuple(int(v) for v in self.decoder_hidden)
+        for name, allowed in (("activation", ("relu", "leaky_relu")), ("norm", ("batch", "instance")),
+                              ("routing", ("self_attention", "uniform")), ("decoder", ("fc", "none"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def feature_map_size(self) -> int:
+        size = self.image_size
+        for _, k, s in self.stem:
+            size = (size - k) // s + 1
+        return size
+
+    def num_primary_caps(self) -> int:
+        """Primary capsules after reshaping the depthwise conv output."""
+        channels = self.stem[-1][0]
+        side = (self.feature_map_size() - self.primary_kernel) // self.primary_stride + 1
+        if side < 1:
+            raise ValueError(f"feature map {self.feature_map_size()} is smaller than the primary "
+                             f"kernel {self.primary_kernel} for image_size {self.image_size}")
+        total = channels * side * side
+        if total % self.primary_dim:
+            raise ValueError(f"{total} primary outputs do not split into {self.primary_dim}-D capsules")
+        return total // self.primary_dim
+
+
+class FCDecoder(nn.Module):
+    """Masked capsules (B, n_classes * D) -> image (B, C, H, W), sigmoid output."""
+
+    def __init__(self, in_features: int, hidden: tuple, out_shape: tuple):
+        super().__init__()
+        layers, width = [], in_features
+        for h in hidden:
+            linear = nn.Linear(width, h)
+            keras_he_normal_(linear.weight, fan_in=width)
+            nn.init.zeros_(linear.bias)
+            layers += [linear, nn.ReLU(inplace=True)]
+            width = h
+        out = nn.Linear(width, out_shape[0] * out_shape[1] * out_shape[2])
+        # The authors' last layer uses glorot_normal (truncated, std sqrt(2/(fan_in+fan_out))).
+        keras_he_normal_(out.weight, fan_in=width + out.out_features)
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(*layers, out, nn.Sigmoid())
+        self.out_shape = out_shape
+
+    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+        return self.net(masked).view(-1, *self.out_shape)
+
+
+class EfficientCapsNet(nn.Module):
+    """Efficient-CapsNet; see the module docstring for the layer stack."""
+
+    def __init__(self, config: EfficientCapsNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        layers, channels = [], c.in_channels
+        for out_ch, k, s in c.stem:
+            conv = nn.Conv2d(channels, out_ch, k, stride=s)
+            keras_he_normal_(conv.weight, fan_in=channels * k * k)
+            nn.init.zeros_(conv.bias)
+            act = nn.ReLU(inplace=True) if c.activation == "relu" else nn.LeakyReLU(0.3, inplace=True)
+            # Keras defaults: BN momentum 0.99 (PyTorch 0.01), epsilon 1e-3.
+            norm = (nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01) if c.norm == "batch"
+                    else nn.InstanceNorm2d(out_ch, eps=1e-3, affine=True))
+            # Follows the authors' code: conv -> activation -> norm (not conv -> norm -> act).
+            layers += [conv, act, norm]
+            channels = out_ch
+        self.stem = nn.Sequential(*layers)
+        n_primary = c.num_primary_caps()
+        self.primary = PrimaryCaps(channels, c.primary_kernel, n_primary, c.primary_dim,
+                                   stride=c.primary_stride)
+        self.digit_caps = SelfAttentionRouting(n_primary, c.primary_dim, c.num_classes, c.caps_dim,
+                                               uniform=c.routing == "uniform")
+        self.decoder = (FCDecoder(c.num_classes * c.caps_dim, c.decoder_hidden,
+                                  (c.in_channels, c.image_size, c.image_size))
+                        if c.decoder == "fc" else None)
+
+    def encode(self, x: torch.Tensor, return_routing: bool = False):
+        """x (B, C, H, W) float -> digit capsules (B, n_classes, D) [, c, A]."""
+        return self.digit_caps(self.primary(self.stem(x)), return_routing=return_routing)
+
+    def reconstruct(self, capsules: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """Decode the capsule of ``labels`` (B,), or of the longest capsule when None."""
+        if self.decoder is None:
+            return None
+        return self.decoder(mask_capsules(capsules, labels))
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                return_routing: bool = False) -> CapsNetOutput:
+        """x (B, C, H, W) in [0, 1]; labels (B,) mask the decoder input by the true class
+        (pass them in training), otherwise the longest capsule is decoded."""
+        if return_routing:
+            capsules, routing, agreement = self.encode(x, return_routing=True)
+        else:
+            capsules, routing, agreement = self.encode(x), None, None
+        lengths = torch.linalg.vector_norm(capsules, dim=-1)
+        return CapsNetOutput(capsules, lengths, self.reconstruct(capsules, labels), routing,
+                             agreement)
+
+
+def count_parameters(module: nn.Module, include_decoder: bool = True) -> int:
+    """Trainable parameters (BatchNorm running statistics are buffers and do not count)."""
+    return sum(p.numel() for name, p in module.named_parameters()
+               if p.requires_grad and (include_decoder or not name.startswith("decoder.")))
+
+
+def mnist_config() -> EfficientCapsNetConfig:
+    return EfficientCapsNetConfig()
+
+
+def multimnist_config() -> EfficientCapsNetConfig:
+    return EfficientCapsNetConfig(image_size=36, stem=((32, 5, 1), (64, 3, 1), (64, 3, 2), (128, 3, 2)),
+                                  primary_kernel=5, primary_stride=2)
+
+
+def tiny_config() -> EfficientCapsNetConfig:
+    """A small 28x28 variant for tests (same structure, far fewer channels)."""
+    return EfficientCapsNetConfig(stem=((8, 5, 1), (16, 3, 1), (16, 3, 1), (32, 3, 2)),
+                                  primary_caps=4, decoder_hidden=(32, 64))
+
+
+register_model("efficient_capsnet_mnist", EfficientCapsNet, mnist_config,
+               "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes, 161,824 params w/o decoder)")
+register_model("efficient_capsnet_multimnist", EfficientCapsNet, multimnist_config,
+               "Efficient-CapsNet, MultiMNIST preset (36x36x1, stride-2 stem, depthwise 5x5/2)")
+register_model("efficient_capsnet_tiny", EfficientCapsNet, tiny_config,
+               "A tiny 28x28 Efficient-CapsNet for tests and smoke runs")

@@ -1,0 +1,71 @@
+"""A small registry of named model variants (timm-style): create_model / list_models.
+
+Each name maps to a model class and its default dataclass config. Checkpoints store the name and
+the full config, so ``create_model(name, **config)`` rebuilds a trained model exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, tuple[type, Callable[[], object], str]] = {}
+
+
+def register_model(name: str, cls: type, config_fn: Callable[[], object], description: str = ""):
+    """Register ``name`` -> ``cls(config_fn())``; config_fn returns a fresh dataclass config."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = (cls, config_fn, description)
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def describe_model(name: str) -> str:
+    return _lookup(name)[2]
+
+
+def default_config(name: str):
+    """The preset's dataclass config (a fresh copy)."""
+    return _lookup(name)[1]()
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; keyword arguments override fields of its config.
+
+    >>> create_model("efficient_capsnet_mnist", routing="uniform")
+    """
+    cls, config_fn, _ = _lookup(name)
+    config = config_fn()
+    valid = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no config field(s) {', '.join(unknown)}; "
+            f"valid fields are: {', '.join(sorted(valid))}.")
+    try:
+        config = dataclasses.replace(config, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid config for model {name!r}: {e}") from None
+    model = cls(config)
+    model.model_name = name
+    return model
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """The config of a registry-built model as plain JSON-able data."""
+    return dataclasses.asdict(model.config)
+
+
+def _lookup(name: str):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}.") from None

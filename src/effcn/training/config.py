@@ -1,0 +1,326 @@
+"""Experiment configuration: dataclasses, YAML files, ``--set key=value`` overrides, validation.
+
+A config is six sections (model, data, optim, schedule, train, run). Every field has a type and a
+default; unknown keys, wrong types and out-of-range values are ConfigErrors with one sentence that
+names the key and the fix. The resolved config is saved with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import ConfigError
+
+
+@dataclass
+class ModelSection:
+    name: str = "efficient_capsnet_mnist"   # a registered model (effcn.models.list_models())
+    args: dict = field(default_factory=dict)  # overrides of the preset's config fields
+
+
+@dataclass
+class DataSection:
+    dataset: str = "mnist"                  # a registered dataset (effcn datasets)
+    root: Optional[str] = None              # folder with the files; None: $EFFCN_DATA, cache
+    download: bool = False
+    val_size: int = 5000                    # validation images carved out of the training set
+    split_seed: int = 0                     # fixes which training images are validation
+    train_subset: int = 0                   # >0: train on this many images only (CPU budgets)
+    augment: str = "paper"                  # paper | none | parts joined by '+', e.g. rotate+erase
+
+
+@dataclass
+class OptimSection:
+    name: str = "adam"                      # adam | adamw | sgd
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9                   # sgd only
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-7                       # Keras' Adam default (PyTorch's is 1e-8)
+
+
+@dataclass
+class ScheduleSection:
+    # exp_decay (the paper: lr = max(lr0 * decay^epoch, min_lr)) | constant | step | cosine |
+    # onecycle (per batch, peak = optim.lr) | plateau (on validation accuracy)
+    name: str = "exp_decay"
+    decay: float = 0.97
+    min_lr: float = 5e-5
+    step_size: int = 30                     # step: epochs between decays
+    gamma: float = 0.1                      # step: decay factor
+    pct_start: float = 0.3                  # onecycle: fraction of steps spent warming up
+    factor: float = 0.5                     # plateau: lr multiplier
+    patience: int = 5                       # plateau: epochs without improvement
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 150
+    batch_size: int = 16
+    eval_batch_size: int = 500
+    recon_weight: float = 0.392             # reconstruction loss weight (0.392 * MSE)
+    seed: int = 42
+    device: str = "auto"                    # auto | cpu | cuda | cuda:N
+    log_every: int = 50                     # batches between metric flushes / progress updates
+    progress: bool = True                   # progress bar (tqdm when installed)
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs"                       # parent folder of run directories
+    name: str = ""                          # run directory name; default <config>-<timestamp>
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "optim.name": ("adam", "adamw", "sgd"),
+    "schedule.name": ("exp_decay", "constant", "step", "cosine", "onecycle", "plateau"),
+}
+POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_size",
+            "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor")
+NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
+                "schedule.gamma", "schedule.patience", "data.val_size", "data.train_subset",
+                "train.recon_weight")
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; clear errors for a missing file or bad YAML."""
+    yaml = _yaml()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file "
+                          f"(see the configs/ folder).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); "
+                          f"fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not "
+                          f"{type(data).__name__}.")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, then validated."""
+    config = Config()
+    if path is not None:
+        apply_dict(config, load_yaml(path), source=str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value, e.g. "
+                              f"train.epochs=10.")
+        set_value(config, key.strip(), parse_scalar(raw))
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a checkpoint's)."""
+    config = Config()
+    apply_dict(config, data, source="saved config")
+    validate(config)
+    return config
+
+
+def apply_dict(config: Config, data: dict, source: str) -> None:
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            _section(config, section)  # unknown section -> error first
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys, got "
+                              f"{values!r}.")
+        for key, value in values.items():
+            set_value(config, f"{section}.{key}", value, source=source)
+
+
+def set_value(config: Config, dotted: str, value: Any, source: str = "--set") -> None:
+    """Set ``section.key`` (or ``model.args.field``) with type checking."""
+    parts = dotted.split(".")
+    section = _section(config, parts[0])
+    if len(parts) < 2:
+        raise ConfigError(f"{source}: {dotted!r} names a section, not a key; use "
+                          f"{parts[0]}.<key>=value.")
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    key = parts[1]
+    if key not in fields:
+        valid = sorted(fields)
+        hint = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean {parts[0]}.{hint[0]}? " if hint else ""
+        raise ConfigError(f"{source}: unknown config key {parts[0]}.{key}; {hint}valid keys in "
+                          f"{parts[0]!r} are: {', '.join(valid)}.")
+    ftype = _resolved_types(type(section))[key]
+    if len(parts) > 2:
+        if ftype is not dict:
+            raise ConfigError(f"{source}: {parts[0]}.{key} has no sub-keys (got {dotted}).")
+        getattr(section, key)[".".join(parts[2:])] = value
+        return
+    setattr(section, key, coerce(value, ftype, f"{parts[0]}.{key}", source))
+
+
+def coerce(value: Any, ftype: Any, key: str, source: str = "--set") -> Any:
+    """Convert ``value`` to the field type or raise a ConfigError naming the key."""
+    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            return None
+        ftype = next(a for a in args if a is not type(None))
+    want = getattr(ftype, "__name__", str(ftype))
+
+    def bad():
+        return ConfigError(f"{source}: {key} expects {_article(want)}, got {value!r}; "
+                           f"fix the value.")
+
+    if ftype is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise bad()
+    if ftype is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if ftype is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if ftype is str:
+        if isinstance(value, (dict, list)):
+            raise bad()
+        return str(value)
+    if ftype is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise bad()
+    if ftype is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise bad()
+    raise bad()
+
+
+def validate(config: Config) -> None:
+    """Range and choice checks; the model args are checked by building the model's config."""
+    flat = {f"{s}.{k}": v for s, sec in config.to_dict().items() for k, v in sec.items()}
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}.")
+    for key in POSITIVE:
+        if not flat[key] > 0:
+            raise ConfigError(f"{key} must be positive, got {flat[key]!r}; fix the value.")
+    for key in NON_NEGATIVE:
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must not be negative, got {flat[key]!r}; fix the value.")
+    if config.schedule.name == "onecycle" and not 0 < config.schedule.pct_start < 1:
+        raise ConfigError(f"schedule.pct_start must be in (0, 1), got {config.schedule.pct_start}.")
+    if len(config.optim.betas) != 2 or not all(0 <= float(b) < 1 for b in config.optim.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {config.optim.betas!r}.")
+    if config.train.device != "auto" and not (config.train.device == "cpu" or
+                                              config.train.device.startswith("cuda")):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got "
+                          f"{config.train.device!r}.")
+    from ..models import create_model, default_config  # noqa: F401  (validates name and args)
+    preset = default_config(config.model.name)
+    valid = {f.name: f for f in dataclasses.fields(preset)}
+    for key, value in list(config.model.args.items()):
+        if key not in valid:
+            hint = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f"did you mean model.args.{hint[0]}? " if hint else ""
+            raise ConfigError(f"unknown config key model.args.{key}; {hint}valid keys are: "
+                              f"{', '.join(sorted(valid))}.")
+        default = getattr(preset, key)
+        config.model.args[key] = coerce(value, type(default), f"model.args.{key}")
+    try:
+        dataclasses.replace(preset, **config.model.args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.args do not make a valid {config.model.name}: {e}.") from None
+
+
+def parse_scalar(raw: str) -> Any:
+    """Parse an override value like YAML does ('10' -> 10, 'true' -> True, '[1,2]' -> list)."""
+    raw = raw.strip()
+    try:
+        yaml = _yaml()
+    except ConfigError:
+        return raw
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def save_yaml(data: dict, path: str | Path) -> None:
+    """Write a mapping as YAML (tuples as lists), atomically."""
+    from .checkpoint import atomic_write_text
+    yaml = _yaml()
+    atomic_write_text(path, yaml.safe_dump(_plain(data), sort_keys=False))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _section(config: Config, name: str):
+    names = [f.name for f in dataclasses.fields(config)]
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {hint[0]!r}? " if hint else ""
+        raise ConfigError(f"unknown config section {name!r}; {hint}sections are: "
+                          f"{', '.join(names)}.")
+    return getattr(config, name)
+
+
+def _resolved_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _article(name: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "tuple": "a list", "dict": "a mapping"}.get(name, name)
+
+
+def _yaml():
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("PyYAML is needed to read YAML configs; install it with "
+                          "pip install 'effcn[cli]'.") from None
+    return yaml

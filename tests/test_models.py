@@ -1,0 +1,68 @@
+"""Every registered model: builds, forward shapes, no NaN, routing sums to one (timm-style)."""
+
+import pytest
+import torch
+
+import effcn
+from effcn.errors import ConfigError
+from effcn.models import create_model, list_models
+from effcn.models.efficient_capsnet import count_parameters
+
+
+def test_paper_parameter_count():
+    model = effcn.create_model("efficient_capsnet_mnist")
+    assert count_parameters(model, include_decoder=False) == 161_824
+    # decoder 160 -> 512 -> 1024 -> 784
+    assert count_parameters(model) - 161_824 == 160 * 512 + 512 + 512 * 1024 + 1024 + 1024 * 784 + 784
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_every_model(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    cfg = model.config
+    x = torch.rand(3, cfg.in_channels, cfg.image_size, cfg.image_size)
+    y = torch.tensor([0, 1, 2])
+    out = model(x, y, return_routing=True)
+    assert out.capsules.shape == (3, cfg.num_classes, cfg.caps_dim)
+    assert out.lengths.shape == (3, cfg.num_classes)
+    assert ((out.lengths >= 0) & (out.lengths <= 1 + 1e-6)).all()
+    assert out.reconstruction.shape == x.shape
+    assert ((out.reconstruction >= 0) & (out.reconstruction <= 1)).all()
+    assert torch.allclose(out.routing.sum(dim=1), torch.ones(3, out.routing.shape[2]), atol=1e-5)
+    for t in out:
+        assert t is None or torch.isfinite(t).all()
+    (out.lengths.sum() + out.reconstruction.mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        plain = model(x)
+    assert plain.routing is None and plain.reconstruction.shape == x.shape
+
+
+def test_decoder_input_uses_label_in_training_and_prediction_otherwise():
+    torch.manual_seed(0)
+    model = create_model("efficient_capsnet_tiny").eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+        pred = out.lengths.argmax(1)
+        other = (pred + 1) % 10
+        assert torch.allclose(model(x, pred).reconstruction, out.reconstruction)
+        assert not torch.allclose(model(x, other).reconstruction, out.reconstruction)
+
+
+def test_no_decoder_and_uniform_routing_options():
+    model = create_model("efficient_capsnet_tiny", decoder="none", routing="uniform")
+    assert model.decoder is None
+    out = model(torch.rand(2, 1, 28, 28), return_routing=True)
+    assert out.reconstruction is None
+    assert torch.allclose(out.routing, torch.full_like(out.routing, 0.1))
+
+
+def test_unknown_model_and_field_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown model 'efficient_capsnet_mnst'"):
+        create_model("efficient_capsnet_mnst")
+    with pytest.raises(ConfigError, match="no config field"):
+        create_model("efficient_capsnet_mnist", num_clases=5)
