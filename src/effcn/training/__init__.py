@@ -1,0 +1,1 @@
+"""Configs, the training loop, checkpoints and the metrics file."""

@@ -1,0 +1,256 @@
+"""Tests for effcn.data.augment: SPEC's MNIST augmentation, batched."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from effcn.data.augment import (
+    PARTS,
+    AugmentConfig,
+    MNISTAugment,
+    apply_params,
+    erase,
+    margins,
+    rotate,
+    sample_params,
+    shift_amounts,
+    squish,
+    translate,
+)
+from effcn.errors import ConfigError
+
+SIGMA = 0.33
+N_DRAWS = 20000
+
+
+def gen(seed: int, device: str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return sample_params(N_DRAWS, 28, 28, gen(0), "cpu")
+
+
+def half_normal_cdf(x: float) -> float:
+    """P(|N(0, SIGMA)| < x)."""
+    return math.erf(x / (SIGMA * math.sqrt(2)))
+
+
+def assert_frequency(count: int, n: int, p: float, z: float = 5.0) -> None:
+    assert abs(count - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1, (count, n, p)
+
+
+def blob_images(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
+    """(n, 1, size, size) rectangles at random places, many touching a border; values k/256."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 1, size, size), np.float32)
+    for i in range(n):
+        h, w = rng.integers(1, size // 2, 2)
+        y = rng.choice([0, size - h, rng.integers(0, size - h + 1)])
+        x = rng.choice([0, size - w, rng.integers(0, size - w + 1)])
+        out[i, 0, y : y + h, x : x + w] = rng.integers(1, 257, (h, w)) / 256
+    out[0] = 0  # all-zero image
+    out[1, 0, 10:12, :] = 1  # full-width bar: no horizontal margin
+    return torch.from_numpy(out)
+
+
+def disc_images(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
+    """(n, 1, size, size) strokes inside the disc that no rotation moves out of the frame."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    out = np.zeros((n, 1, size, size), np.float32)
+    for i in range(n):
+        r = rng.uniform(3, size / 2 - 3)
+        ring = np.clip(1.5 - np.abs(np.hypot(yy, xx) - r), 0, 1)
+        out[i, 0] = ring * (rng.uniform(size=(size, size)) > 0.3)
+    return torch.from_numpy(out)
+
+
+# --- sampled distributions --------------------------------------------------------------------
+
+
+def test_rotation_probability_and_angles(params):
+    assert_frequency(int(params["rotate"].sum()), N_DRAWS, 0.5)
+    angle = params["angle"]
+    assert torch.equal(angle, angle.round())
+    assert angle.min() >= -29 and angle.max() <= 29
+    assert angle.min() == -29 and angle.max() == 29
+    rng = np.random.default_rng(0)
+    expected = np.trunc(np.clip(rng.normal(0, SIGMA, 1_000_000), -0.9999, 0.9999) * 30)
+    assert abs(angle.std().item() - expected.std()) < 0.2
+    assert abs(angle.mean().item()) < 0.2
+
+
+def test_squish_width_and_offset_frequencies(params):
+    w = params["squish_w"]
+    assert w.min() == 1 and w.max() == 7
+    for k in range(1, 8):
+        upper = 1.0 if k == 7 else half_normal_cdf(k / 7)
+        p = upper - half_normal_cdf((k - 1) / 7)
+        assert_frequency(int((w == k).sum()), N_DRAWS, p)
+    extra = params["squish_offset"] - w // 2
+    assert set(extra.unique().tolist()) == {0, 1}
+    assert_frequency(int((extra == 1).sum()), N_DRAWS, 1 - half_normal_cdf(0.5))
+
+
+def test_shift_signs_and_fractions(params):
+    sign, frac = params["shift_sign"], params["shift_frac"]
+    assert set(sign.unique().tolist()) == {-1, 1}
+    for axis in range(2):
+        assert_frequency(int((sign[:, axis] > 0).sum()), N_DRAWS, 0.5)
+    assert frac.min() >= 0 and frac.max() <= 0.9999
+    assert_frequency(int((frac < 0.33).sum()), 2 * N_DRAWS, half_normal_cdf(0.33))
+
+
+def test_erase_corners_uniform(params):
+    corners = params["erase_yx"]
+    for axis in range(2):
+        counts = torch.bincount(corners[:, axis], minlength=23)
+        assert counts[:4].sum() == 0 and len(counts) == 23  # nothing outside [4, 22]
+        for c in counts[4:].tolist():
+            assert_frequency(c, N_DRAWS, 1 / 19)
+
+
+def test_config_scales_with_image_size():
+    cfg = AugmentConfig()
+    assert cfg.erase_range_for(28) == (4, 22) and cfg.erase_range_for(40) == (4, 34)
+    assert cfg.squish_max_for(28) == 7 and cfg.squish_max_for(40) == 10
+    p = sample_params(4000, 40, 40, gen(1), "cpu")
+    assert p["squish_w"].max() == 10
+    assert p["erase_yx"].min() == 4 and p["erase_yx"].max() == 34
+    with pytest.raises(ConfigError):
+        AugmentConfig(rotate_prob=1.5)
+    with pytest.raises(ConfigError):
+        AugmentConfig(erase_range=(4, 30)).erase_range_for(28)
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+
+def test_shift_is_exact_translation_within_margins():
+    torch.manual_seed(0)
+    x = blob_images(64).repeat(8, 1, 1, 1)  # 512 images, each seen with 8 draws
+    p = sample_params(len(x), 28, 28, gen(2), "cpu")
+    shifts = shift_amounts(x, p["shift_sign"], p["shift_frac"])
+    out = translate(x, shifts)
+    # Values are multiples of 1/256, so the float32 sums are exact whatever the order.
+    assert torch.equal(out.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
+    m = margins(x).numpy()
+    sign, frac = p["shift_sign"].numpy(), p["shift_frac"].numpy()
+    for b in range(len(x)):
+        dy, dx = shifts[b].tolist()
+        assert torch.equal(out[b], torch.roll(x[b], (dy, dx), dims=(1, 2)))
+        margin = [m[b, 1] if sign[b, 0] > 0 else m[b, 0], m[b, 3] if sign[b, 1] > 0 else m[b, 2]]
+        expected = [int(s * math.floor(f * mg)) for s, f, mg in zip(sign[b], frac[b], margin)]
+        assert [dy, dx] == expected
+    assert shifts[0].abs().sum() == 0  # all-zero image
+    assert (shifts[1::64, 1] == 0).all()  # full-width bar cannot move sideways
+    assert (shifts > 0).any() and (shifts < 0).any()
+
+
+def test_margins():
+    x = torch.zeros(2, 2, 28, 28)
+    x[0, 1, 3:10, 5:27] = 0.5
+    assert margins(x).tolist() == [[3, 18, 5, 1], [0, 0, 0, 0]]
+
+
+def test_rotate_direction_and_rigidity():
+    x = disc_images(3)
+    assert torch.allclose(rotate(x, torch.full((3,), 90.0)), torch.rot90(x, 1, (2, 3)), atol=1e-5)
+    # Non-square: a centred 2x6 bar turns into a 6x2 bar (counter-clockwise, no stretching).
+    y = torch.zeros(1, 1, 20, 30)
+    y[0, 0, 9:11, 12:18] = 1
+    expected = torch.zeros_like(y)
+    expected[0, 0, 7:13, 14:16] = 1
+    assert torch.allclose(rotate(y, torch.tensor([90.0])), expected, atol=1e-5)
+
+
+def test_squish_places_band_at_offset():
+    x = torch.ones(64, 1, 28, 28)
+    p = sample_params(64, 28, 28, gen(3), "cpu")
+    out = squish(x, p["squish_w"], p["squish_offset"])
+    cols = torch.arange(28)
+    lo, hi = p["squish_offset"][:, None], (p["squish_offset"] + 28 - p["squish_w"])[:, None]
+    band = ((cols >= lo) & (cols < hi)).float()[:, None, None, :].expand_as(out)
+    assert torch.allclose(out, band, atol=1e-5)
+
+
+def test_erase_zeroes_exactly_one_patch():
+    x = torch.ones(300, 2, 28, 28)
+    corners = sample_params(300, 28, 28, gen(4), "cpu")["erase_yx"]
+    out = erase(x, corners, 4)
+    assert ((out == 0).sum(dim=(2, 3)) == 16).all()
+    for b in range(0, 300, 7):
+        y, xx = corners[b].tolist()
+        assert (out[b, :, y : y + 4, xx : xx + 4] == 0).all()
+
+
+def test_digit_stays_whole_after_rotate_shift_squish():
+    x = torch.cat([disc_images(256, seed=1), blob_images(256, seed=2)])
+    p = sample_params(len(x), 28, 28, gen(5), "cpu")
+    p["rotate"][256:] = False  # border-touching blobs would lose corners to rotation itself
+    rotated = apply_params(x, p, ("rotate",))
+    full = apply_params(x, p, ("rotate", "shift", "squish"))
+    kept = (28 - p["squish_w"]).float() / 28  # squish scales mass by exactly (W - w) / W
+    mass_x, mass_rot, mass_full = (t.sum(dim=(1, 2, 3)) for t in (x, rotated, full))
+    assert torch.allclose(mass_rot[:256], mass_x[:256], rtol=0.02)
+    assert torch.allclose(mass_full, mass_rot * kept, rtol=1e-4, atol=1e-4)
+    assert p["rotate"][:256].any() and (p["squish_w"] == 7).any()
+
+
+# --- the module -------------------------------------------------------------------------------
+
+
+def test_from_spec():
+    assert MNISTAugment.from_spec("paper").parts == PARTS
+    assert MNISTAugment.from_spec("none").parts == ()
+    assert MNISTAugment.from_spec("erase+rotate").parts == ("rotate", "erase")
+    assert MNISTAugment.from_spec(" Rotate + Squish ").parts == ("rotate", "squish")
+    with pytest.raises(ConfigError, match="'flip'.*rotate, shift, squish, erase"):
+        MNISTAugment.from_spec("rotate+flip")
+    with pytest.raises(ConfigError):
+        MNISTAugment.from_spec("")
+
+
+def test_none_is_identity_and_rotate_leaves_unrotated_samples_untouched():
+    x = disc_images(32)
+    assert torch.equal(MNISTAugment.from_spec("none")(x, gen(0)), x)
+    p = sample_params(32, 28, 28, gen(6), "cpu")
+    out = apply_params(x, p, ("rotate",))
+    keep = ~p["rotate"]
+    assert keep.any() and torch.equal(out[keep], x[keep])
+    assert not torch.allclose(out[~keep & (p["angle"] != 0)], x[~keep & (p["angle"] != 0)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_paper_output_shape_range_and_repeatability(dtype):
+    x = torch.rand(512, 1, 28, 28, generator=gen(7)).to(dtype) * (torch.rand(512, 1, 28, 28) > 0.7)
+    aug = MNISTAugment.from_spec("paper")
+    out = aug(x, gen(8))
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, aug(x, gen(8)))
+    assert not torch.equal(out, aug(x, gen(9)))
+    torch.manual_seed(0)
+    assert aug(x).shape == x.shape  # global RNG
+
+
+def test_other_sizes_and_channels():
+    x = torch.rand(16, 2, 40, 40)
+    out = MNISTAugment(PARTS)(x, gen(10))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert ((out == 0).all(dim=1).sum(dim=(1, 2)) >= 16).all()  # the patch spans every channel
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = disc_images(64)
+    aug = MNISTAugment.from_spec("paper")
+    cpu = aug(x, gen(11))
+    on_gpu = aug(x.cuda(), gen(11))  # CPU generator: same params on any device
+    assert on_gpu.is_cuda and torch.allclose(on_gpu.cpu(), cpu, atol=1e-4)
+    cuda_gen = aug(x.cuda(), gen(11, "cuda"))
+    assert torch.equal(cuda_gen, aug(x.cuda(), gen(11, "cuda")))
