@@ -1,0 +1,89 @@
+"""End-to-end: the effcn command on a tiny synthetic dataset, and its one-sentence errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import quick_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def effcn(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "effcn", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_train_eval_predict_end_to_end(synthetic_root, tmp_path):
+    overrides = quick_overrides(synthetic_root, tmp_path / "runs", epochs=2, name="e2e")
+    r = effcn("train", "--config", str(REPO / "configs" / "mnist.yaml"), *_sets(overrides))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    run = tmp_path / "runs" / "e2e"
+    assert result["run"] == "e2e" and 0 <= result["test_acc"] <= 1
+
+    r = effcn("eval", str(run))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((run / "eval_test_best.json").read_text())
+    assert report["images"] == 80 and report["acc"] == pytest.approx(result["test_acc"])
+    assert len(report["per_class_acc"]) == 10
+
+    r = effcn("eval", str(run), "--split", "val", "--checkpoint", "last")
+    assert r.returncode == 0 and "idx val: accuracy" in r.stdout
+
+    from PIL import Image
+    from effcn.data.idx import read_idx
+    images = read_idx(synthetic_root / "t10k-images-idx3-ubyte.gz")[:3]
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    r = effcn("predict", str(run), *map(str, paths), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(row["lengths"]) == 10 for row in rows)
+    assert all(row["class"] == int(np.argmax(row["lengths"])) for row in rows)
+
+    # resume a finished run for one more epoch
+    r = effcn("train", "--resume", str(run), "--set", "train.epochs=3", "--set", "train.progress=false")
+    assert r.returncode == 0, r.stderr
+    assert "epoch 3/3" in r.stdout
+
+    # bad predict inputs: wrong size, not an image
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    for bad, msg in (("big.png", "is 32x32 pixels but the model takes 28x28"),
+                     ("notes.png", "is not a readable image")):
+        r = effcn("predict", str(run), str(tmp_path / bad))
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--set", "train.batchsize=3"], "did you mean train.batch_size?"),
+    (["train", "--set", "optim.lr=-1"], "optim.lr must be positive"),
+    (["train", "--config", "nope.yaml"], "config file nope.yaml does not exist"),
+    (["train", "--set", "data.root=/nonexistent/dir", "--set", "run.dir=RUNS"],
+     "MNIST train files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]) not found in /nonexistent/dir"),
+    (["eval", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
+])
+def test_cli_errors_are_one_sentence_without_traceback(tmp_path, args, message):
+    args = [a.replace("RUNS", str(tmp_path / "runs")) for a in args]
+    r = effcn(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_datasets_command_lists_search_paths(synthetic_root):
+    r = effcn("datasets", "--root", str(synthetic_root))
+    assert r.returncode == 0
+    assert "mnist" in r.stdout and "looked in:" in r.stdout
+    assert f"found in {synthetic_root}" in r.stdout  # the idx dataset, in the given root
