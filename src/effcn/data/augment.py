@@ -337,3 +337,17 @@ class MNISTAugment(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"parts={'+'.join(self.parts) or 'none'}"
+
+
+# Named augmentations other than the MNIST family (e.g. CIFAR-10's crop+flip, smallNORB's crop
+# with brightness/contrast): name -> factory() returning a callable (images, generator) -> images.
+AUGMENTATIONS: dict = {}
+
+
+def build_augment(spec: str):
+    """The training augmentation named by ``data.augment``: a registered name from
+    AUGMENTATIONS, or an MNIST spec ("paper", "none", "rotate+erase", ...)."""
+    name = spec.strip().lower()
+    if name in AUGMENTATIONS:
+        return AUGMENTATIONS[name]()
+    return MNISTAugment.from_spec(name)

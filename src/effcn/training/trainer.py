@@ -209,12 +209,26 @@ def new_run_dir(config: Config, config_name: str) -> Path:
     return run_dir
 
 
+class Callback:
+    """Hooks into the training loop (figures, TensorBoard, ...); every method is optional."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+
+    def on_batches(self, trainer: "Trainer", records: list[dict]) -> None:
+        """Called each time batch records are flushed (every train.log_every batches)."""
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None: ...
+
+    def on_fit_end(self, trainer: "Trainer", summary: dict) -> None: ...
+
+
 class Trainer:
     """Trains one model as configured and writes everything into a run directory."""
 
     def __init__(self, config: Config, run_dir: str | Path | None = None,
-                 config_name: str = "run", resume: bool = False, quiet: bool = False):
-        self.config, self.quiet = config, quiet
+                 config_name: str = "run", resume: bool = False, quiet: bool = False,
+                 callbacks: tuple[Callback, ...] = ()):
+        self.config, self.quiet, self.callbacks = config, quiet, list(callbacks)
         self.device = resolve_device(config.train.device)
         if resume:
             self.run_dir = Path(run_dir)
@@ -292,6 +306,7 @@ class Trainer:
                     "margin": v[1], "recon": v[2], "acc": v[3]}
                    for (step, lr, _), v in zip(pending, values)]
         log.write(records)
+        self._emit("on_batches", records)
         if bar is not None:
             bar.update(len(records))
             bar.set_postfix(loss=f"{values[-1][0]:.4f}", acc=f"{values[-1][3]:.3f}")
@@ -322,8 +337,8 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(cfg.train.seed)
         self._load_data()
-        from ..data.augment import MNISTAugment
-        self.augment = MNISTAugment.from_spec(cfg.data.augment)
+        from ..data.augment import build_augment
+        self.augment = build_augment(cfg.data.augment)
         self.model = create_model(cfg.model.name, **cfg.model.args).to(self.device)
         check_compatible(self.model, self.train_x, torch.cat([self.train_y, self.val_y]),
                          cfg.data.dataset)
@@ -353,6 +368,7 @@ class Trainer:
         self._say(f"run directory: {self.run_dir}  ({len(self.train_y)} train / "
                   f"{len(self.val_y)} val images, device {self.device})")
         t_start = time.perf_counter()
+        self._emit("on_fit_start")
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -374,6 +390,7 @@ class Trainer:
                     save_checkpoint(self.ckpt_dir / "best.pt", state)
                 save_checkpoint(self.ckpt_dir / "last.pt", state)
                 log.write([record])  # after the checkpoint: a logged epoch is a saved epoch
+                self._emit("on_epoch_end", record)
                 self._say(f"epoch {epoch}/{cfg.train.epochs}  loss {train['train_loss']:.4f}  "
                           f"train acc {train['train_acc']:.4f}  val acc {val['val_acc']:.4f}  "
                           f"lr {lr:.2e}  {train['epoch_seconds']:.1f}s")
@@ -402,9 +419,14 @@ class Trainer:
             "device": str(self.device),
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        self._emit("on_fit_end", summary)
         self._say(f"test accuracy (best val epoch {summary['best_epoch']}): "
                   f"{summary['test_acc']:.4f} on {len(test_y)} test images")
         return summary
+
+    def _emit(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
 
     def _say(self, msg: str) -> None:
         if not self.quiet:
