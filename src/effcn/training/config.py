@@ -68,6 +68,7 @@ class TrainSection:
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
     log_every: int = 50                     # batches between metric flushes / progress updates
     progress: bool = True                   # progress bar (tqdm when installed)
+    skip_nonfinite: bool = False            # skip steps with NaN/inf loss instead of stopping
 
 
 @dataclass

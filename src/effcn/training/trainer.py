@@ -267,7 +267,7 @@ class Trainer:
         n, bs = len(self.train_y), cfg.train.batch_size
         perm = torch.randperm(n, generator=g, device=self.device)
         steps = math.ceil(n / bs)
-        pending, sums = [], torch.zeros(4, device=self.device, dtype=torch.float64)
+        pending, sums = [], torch.zeros(5, device=self.device, dtype=torch.float64)
         bar = self._progress(steps, epoch)
         t0 = time.perf_counter()
         for step in range(steps):
@@ -276,9 +276,10 @@ class Trainer:
             y = self.train_y[idx]
             out = self.model(x, y)
             loss, margin, recon = self._loss(out, x, y)
-            if not torch.isfinite(loss):
-                self._diverged(epoch, step, loss)
             self.optimizer.zero_grad(set_to_none=True)
+            if cfg.train.skip_nonfinite and not torch.isfinite(loss):
+                self.skipped_steps += 1  # opt-in: this check syncs with the device every step
+                continue
             loss.backward()
             self.optimizer.step()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -287,21 +288,28 @@ class Trainer:
             correct = (out.lengths.argmax(1) == y).sum()
             row = torch.stack([loss.detach(), margin.detach(), recon.detach(),
                                correct / len(y)]).double()
-            sums += row * len(y)
+            sums += torch.cat([row * len(y), row.new_tensor([len(y)])])
             pending.append((step, lr, row))
-            if len(pending) == cfg.train.log_every or step == steps - 1:
+            if len(pending) == cfg.train.log_every:
                 self._flush(log, epoch, pending, bar)
                 pending = []
+        self._flush(log, epoch, pending, bar)
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        t = (sums / n).tolist()
+        t = (sums[:4] / sums[4].clamp(min=1)).tolist()
         return {"train_loss": t[0], "train_margin": t[1], "train_recon": t[2], "train_acc": t[3],
                 "epoch_seconds": seconds, "train_images_per_s": n / seconds}
 
     def _flush(self, log: MetricsLog, epoch: int, pending: list, bar) -> None:
         """One device->host copy for many batches, so logging does not sync every step."""
+        if not pending:
+            return
         values = torch.stack([r for _, _, r in pending]).tolist()
+        if not self.config.train.skip_nonfinite:
+            for (step, _, _), v in zip(pending, values):
+                if not math.isfinite(v[0]):
+                    self._diverged(epoch, step, v[0])
         records = [{"kind": "batch", "epoch": epoch, "step": step, "lr": lr, "loss": v[0],
                     "margin": v[1], "recon": v[2], "acc": v[3]}
                    for (step, lr, _), v in zip(pending, values)]
@@ -321,10 +329,14 @@ class Trainer:
         return tqdm(total=steps, desc=f"epoch {epoch}/{self.config.train.epochs}", leave=False,
                     unit="batch", dynamic_ncols=True)
 
-    def _diverged(self, epoch: int, step: int, loss: torch.Tensor):
-        raise EffcnError(f"training diverged: the loss became {loss.item()} at epoch {epoch}, "
-                         f"batch {step}; the last good weights are in {self.ckpt_dir}/last.pt; "
-                         f"lower optim.lr and resume or retrain.")
+    def _diverged(self, epoch: int, step: int, loss: float):
+        """Stop on a non-finite loss; checkpoints on disk are from the last good epoch."""
+        kept = (f"the last good weights (epoch {epoch - 1}) are in {self.ckpt_dir / 'last.pt'}"
+                if (self.ckpt_dir / "last.pt").exists() else "no epoch had finished, so no "
+                "checkpoint was written")
+        raise EffcnError(f"training diverged: the loss became {loss} at epoch {epoch}, batch "
+                         f"{step}; {kept}; lower optim.lr (or set train.skip_nonfinite=true to "
+                         f"skip such steps) and retrain.")
 
     # ----------------------------------------------------------- checkpoints
     def _state(self, epoch: int) -> dict:
@@ -346,7 +358,7 @@ class Trainer:
         steps = math.ceil(len(self.train_y) / cfg.train.batch_size)
         self.scheduler, self.per_batch_schedule = build_schedule(cfg, self.optimizer, steps)
         self.best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}
-        self.start_epoch = 1
+        self.start_epoch, self.skipped_steps = 1, 0
         if self.resume:
             state = load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device,
                                     expect_model=cfg.model.name)
@@ -374,7 +386,8 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 train = self._train_epoch(epoch, log)
                 val = {f"val_{k}": v for k, v in self.evaluate(self.val_x, self.val_y).items()}
-                record = {"kind": "epoch", "epoch": epoch, "lr": lr, **train, **val}
+                record = {"kind": "epoch", "epoch": epoch, "lr": lr, **train, **val,
+                          "skipped_steps": self.skipped_steps}
                 improved = (val["val_acc"], -val["val_loss"]) > (self.best["val_acc"],
                                                                  -self.best["val_loss"])
                 if improved:

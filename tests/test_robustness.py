@@ -1,0 +1,328 @@
+"""Bad input and faults: each ends in one clear sentence (exit code 2, no traceback) and nothing
+that already exists is damaged. Also divergence handling and SIGKILL + resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from effcn.data.idx import write_idx
+from effcn.errors import EffcnError
+from effcn.training.checkpoint import load_checkpoint
+from effcn.training.config import load_config
+from effcn.training.metrics import read_metrics
+from effcn.training.trainer import Callback, Trainer
+
+from conftest import quick_overrides, write_synthetic_idx
+
+
+def snapshot(*dirs: Path) -> dict:
+    """{path: sha256} of every file under dirs, to prove nothing was changed."""
+    out = {}
+    for d in dirs:
+        for p in sorted(Path(d).rglob("*")):
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "effcn", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished 1-epoch run of the tiny model on synthetic data."""
+    base = tmp_path_factory.mktemp("robust")
+    root = write_synthetic_idx(base / "data")
+    config = load_config(None, quick_overrides(root, base / "runs", epochs=1, name="done"))
+    Trainer(config, quiet=True).fit()
+    return base / "runs" / "done", root
+
+
+def _bad_data(tmp: Path, kind: str) -> Path:
+    """A copy of a small IDX dataset with one file damaged in the given way."""
+    root = write_synthetic_idx(tmp / f"data_{kind}", n_train=120, n_test=40)
+    images = root / "train-images-idx3-ubyte.gz"
+    if kind == "truncated":
+        import gzip
+        raw = gzip.decompress(images.read_bytes())
+        images.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    elif kind == "magic":
+        import gzip
+        raw = bytearray(gzip.decompress(images.read_bytes()))
+        raw[0:4] = b"\x12\x34\x08\x03"
+        images.write_bytes(gzip.compress(bytes(raw)))
+    elif kind == "dims":
+        write_idx(images, np.zeros((120, 32, 32), np.uint8))
+    elif kind == "count":
+        write_idx(images, np.zeros((100, 28, 28), np.uint8))
+    elif kind == "gzip":
+        images.write_bytes(images.read_bytes()[:200])
+    return root
+
+
+# (case id, how to build the arguments, expected fragment of the one-line error)
+CLI_CASES = [
+    ("missing data directory", lambda t, run, root: [
+        "train", "--set", "data.root=/no/such/dir", "--set", f"run.dir={t}/r"],
+     "MNIST train files"),
+    ("truncated IDX", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "truncated"), t / "r", 1, "x"))],
+     "is truncated"),
+    ("wrong IDX magic", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "magic"), t / "r", 1, "x"))],
+     "magic"),
+    ("wrong image size", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "dims"), t / "r", 1, "x"))],
+     "32x32"),
+    ("image/label count mismatch", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "count"), t / "r", 1, "x"))],
+     "100"),
+    ("corrupt gzip", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "gzip"), t / "r", 1, "x"))],
+     "gzip"),
+    ("MNIST checksum mismatch", lambda t, run, root: [
+        "train", "--set", "data.dataset=mnist", "--set", f"data.root={root}", "--set", f"run.dir={t}/r"],
+     "SHA-256"),
+    ("unknown config key", lambda t, run, root: ["train", "--set", "train.epoch=3"],
+     "did you mean train.epochs?"),
+    ("unknown section", lambda t, run, root: ["train", "--set", "optimizer.lr=3"],
+     "unknown config section 'optimizer'"),
+    ("wrong type", lambda t, run, root: ["train", "--set", "train.batch_size=big"],
+     "train.batch_size expects an integer"),
+    ("negative lr", lambda t, run, root: ["train", "--set", "optim.lr=-0.001"],
+     "optim.lr must be positive"),
+    ("batch 0", lambda t, run, root: ["train", "--set", "train.batch_size=0"],
+     "train.batch_size must be positive"),
+    ("mistyped config file key", lambda t, run, root: ["train", "--config", str(_typo_yaml(t))],
+     "unknown config key train.lr"),
+    ("checkpoint of another model", lambda t, run, root: [
+        "train", "--resume", str(run), "--set", "model.name=efficient_capsnet_mnist"],
+     "holds model 'efficient_capsnet_tiny', not 'efficient_capsnet_mnist'"),
+    ("checkpoint of another preset", lambda t, run, root: [
+        "eval", str(_tampered_checkpoint(t, run))],
+     "does not fit model"),
+    ("corrupted checkpoint", lambda t, run, root: ["eval", str(_truncated_checkpoint(t, run))],
+     "corrupt or truncated"),
+    ("pickle with code in a checkpoint", lambda t, run, root: ["eval", str(_evil_checkpoint(t))],
+     "refused"),
+    ("not a run directory", lambda t, run, root: ["eval", str(t)],
+     "has no best checkpoint"),
+    ("predict: wrong size", lambda t, run, root: ["predict", str(run), str(_image(t, (32, 32), "L"))],
+     "is 32x32 pixels but the model takes 28x28"),
+    ("predict: wrong mode", lambda t, run, root: ["predict", str(run), str(_image(t, (28, 28), "I;16"))],
+     "has mode I;16"),
+    ("predict: not an image", lambda t, run, root: ["predict", str(run), str(_text_file(t))],
+     "is not a readable image"),
+    ("predict: missing file", lambda t, run, root: ["predict", str(run), str(t / "nope.png")],
+     "does not exist"),
+    ("run directory exists", lambda t, run, root: [
+        "train", *_sets(quick_overrides(root, run.parent, 1, run.name))],
+     "already exists"),
+    ("resume without checkpoint", lambda t, run, root: ["train", "--resume", str(_empty_run(t))],
+     "has no checkpoints/last.pt"),
+]
+
+
+def _typo_yaml(t: Path) -> Path:
+    p = t / "typo.yaml"
+    p.write_text("train:\n  lr: 0.1\n")
+    return p
+
+
+def _truncated_checkpoint(t: Path, run: Path) -> Path:
+    data = (run / "checkpoints" / "best.pt").read_bytes()
+    p = t / "cut.pt"
+    p.write_bytes(data[: len(data) // 3])
+    return p
+
+
+def _tampered_checkpoint(t: Path, run: Path) -> Path:
+    """A tiny-model checkpoint that claims the weights belong to a 5-class model."""
+    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    state["model_config"]["num_classes"] = 5
+    p = t / "other_preset" / "checkpoints" / "best.pt"
+    p.parent.mkdir(parents=True)
+    torch.save(state, p)
+    return p.parent.parent
+
+
+def _evil_checkpoint(t: Path) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(t / "PWNED"),))
+
+    p = t / "evil.pt"
+    torch.save({"format": "effcn-checkpoint-v1", "x": Evil()}, p)
+    return p
+
+
+def _image(t: Path, size, mode) -> Path:
+    from PIL import Image
+    p = t / f"img_{size[0]}_{mode.replace(';', '')}.png"
+    Image.new(mode, size).save(p)
+    return p
+
+
+def _text_file(t: Path) -> Path:
+    p = t / "notes.png"
+    p.write_text("this is not an image")
+    return p
+
+
+def _empty_run(t: Path) -> Path:
+    p = t / "empty_run"
+    p.mkdir()
+    return p
+
+
+@pytest.mark.parametrize("case, make_args, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_bad_input_is_one_clear_sentence_and_damages_nothing(tmp_path, trained_run, case,
+                                                             make_args, message):
+    run, root = trained_run
+    before = snapshot(run, root)
+    args = make_args(tmp_path, run, root)
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, (case, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert message in err, err
+    assert snapshot(run, root) == before
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
+    """A mirror on 127.0.0.1 serves wrong bytes: DataError, no file, a good file untouched."""
+    import functools
+    import http.server
+    import threading
+
+    from effcn.data.mnist import MNIST
+    from effcn.errors import DataError
+
+    served = tmp_path / "served"
+    write_synthetic_idx(served, n_train=20, n_test=10)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        class LocalMNIST(MNIST):
+            mirrors = [f"http://127.0.0.1:{server.server_address[1]}/"]
+
+        root = tmp_path / "root"
+        root.mkdir()
+        (root / "keep.txt").write_text("mine")
+        os.environ.pop("EFFCN_DATA", None)
+        with pytest.raises(DataError) as info:
+            LocalMNIST(root=root, split="test", download=True)
+        assert "127.0.0.1" in str(info.value) and "\n" not in str(info.value)
+        assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["keep.txt"]
+    finally:
+        server.shutdown()
+
+
+def test_archive_member_outside_target_is_refused(tmp_path):
+    import io
+    import tarfile
+
+    from effcn.data.download import safe_extract_tar
+    from effcn.errors import DataError
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"gotcha"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(DataError, match="escaped.txt"):
+        safe_extract_tar(archive, target)
+    assert not (tmp_path / "escaped.txt").exists() and not any(target.iterdir())
+
+
+class _PoisonAfterEpoch(Callback):
+    """Sets a weight to NaN after epoch 1, so epoch 2's loss is not finite."""
+
+    def on_epoch_end(self, trainer, record):
+        if record["epoch"] == 1:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+
+def test_divergence_stops_with_clear_message_and_keeps_last_good_checkpoint(synthetic_root, tmp_path):
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=3, name="nan"))
+    trainer = Trainer(config, quiet=True, callbacks=[_PoisonAfterEpoch()])
+    with pytest.raises(EffcnError, match=r"training diverged: the loss became nan at epoch 2"):
+        trainer.fit()
+    state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+class _NaNLossAtStep(Trainer):
+    def _loss(self, out, images, labels):
+        loss, margin, recon = super()._loss(out, images, labels)
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls == 3:
+            loss = loss * float("nan")
+        return loss, margin, recon
+
+
+def test_skip_nonfinite_steps_option(synthetic_root, tmp_path):
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=1, name="skip") +
+                         ["train.skip_nonfinite=true"])
+    trainer = _NaNLossAtStep(config, quiet=True)
+    trainer.fit()
+    epoch = read_metrics(tmp_path / "skip" / "metrics.jsonl", "epoch")[0]
+    assert epoch["skipped_steps"] == 1 and np.isfinite(epoch["train_loss"])
+    batches = read_metrics(tmp_path / "skip" / "metrics.jsonl", "batch")
+    assert len(batches) == 7 - 1
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
+    """Bit-exact on CPU: a resumed run redoes the killed epoch from the last epoch checkpoint
+    with the same (seed, epoch) generator, so it retraces the uninterrupted run exactly."""
+    overrides = quick_overrides(synthetic_root, tmp_path, epochs=3, name="killed") + [
+        "train.log_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "effcn", "train", *_sets(overrides)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until epoch 2 is part-way through
+        if any(r["epoch"] == 2 and r["step"] >= 2 for r in read_metrics(metrics, "batch")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    records = read_metrics(metrics)
+    assert not any(r["kind"] == "epoch" and r["epoch"] >= 2 for r in records), \
+        "the run finished epoch 2 before it could be killed"
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
+
+    r = run_cli("train", "--resume", str(tmp_path / "killed"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", *_sets(quick_overrides(synthetic_root, tmp_path, epochs=3, name="clean") +
+                                ["train.log_every=1"]), "--quiet")
+    assert r.returncode == 0, r.stderr
+
+    a = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "clean" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    ea, eb = (read_metrics(tmp_path / n / "metrics.jsonl", "epoch") for n in ("killed", "clean"))
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    assert [[e[k] for k in keys] for e in ea] == [[e[k] for k in keys] for e in eb]
+    assert len(read_metrics(tmp_path / "killed" / "metrics.jsonl", "batch")) == 3 * 7
