@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="also look under this folder (as data.root would)")
     p.set_defaults(func=cmd_datasets)
 
+    p = sub.add_parser("sweep", help="grid/random search over config fields and seeds")
+    p.add_argument("spec", help="sweep YAML file (see effcn.sweep)")
+    p.add_argument("--workers", type=int, help="parallel worker processes (overrides the file)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.set_defaults(func=cmd_models)
     return parser
@@ -197,6 +203,14 @@ def cmd_datasets(args) -> int:
         print(f"{r['name']:<14} {status}")
         print(f"{'':<14} {r['description']}")
         print(f"{'':<14} looked in: {', '.join(str(d) for d in r['searched'])}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+    results = run_sweep(args.spec, workers=args.workers, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"written: {results}, {results.with_suffix('.csv')}, {results.with_suffix('.png')}")
     return 0
 
 

@@ -1,0 +1,256 @@
+"""``effcn sweep SPEC.yaml``: grid or random search over config fields and seeds.
+
+A sweep file::
+
+    base: ../configs/mnist_cpu.yaml       # config file, relative to the sweep file
+    set: [train.epochs=2]                 # overrides applied to every run
+    grid:                                 # every combination of these values
+      train.recon_weight: [0, 0.392]
+      train.batch_size,optim.lr: [[16, 5.0e-4], [64, 2.0e-3]]   # keys that move together
+    random:                               # optional: n samples instead of / on top of the grid
+      samples: 4
+      params: {optim.lr: {log_uniform: [1.0e-4, 1.0e-2]}, train.batch_size: {choice: [16, 32]}}
+    seeds: [1, 2]
+    workers: 1                            # parallel worker processes
+    dir: runs/sweeps/NAME                 # relative to the working directory
+    metric: test_acc                      # the plotted metric (a summary.json key)
+
+Every run is a normal run directory under ``dir``; finished runs (with summary.json) are skipped,
+interrupted ones resumed, so re-running a sweep continues it. At the end: results.csv (one row
+per run), results.md (mean +- sample std over seeds, with n) and a plot of the metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .training.checkpoint import atomic_write_text
+from .training.config import load_config, load_yaml
+
+SPEC_KEYS = {"base", "set", "grid", "random", "seeds", "workers", "dir", "metric"}
+
+
+@dataclass
+class SweepRun:
+    name: str                 # run directory name
+    params: dict              # swept key -> value
+    seed: int
+
+
+def load_sweep(path: str | Path) -> dict:
+    """Read and check a sweep file; paths are resolved relative to it."""
+    path = Path(path)
+    spec = load_yaml(path)
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}; valid "
+                          f"keys are {', '.join(sorted(SPEC_KEYS))}.")
+    if not spec.get("grid") and not spec.get("random"):
+        raise ConfigError(f"sweep file {path} has neither grid nor random; add the fields to "
+                          f"sweep, e.g. grid: {{train.recon_weight: [0, 0.392]}}.")
+    spec.setdefault("set", [])
+    spec.setdefault("seeds", [42])
+    spec.setdefault("workers", 1)
+    spec.setdefault("metric", "test_acc")
+    spec.setdefault("dir", f"runs/sweeps/{path.stem}")
+    if spec.get("base"):
+        spec["base"] = str((path.parent / spec["base"]).resolve())
+    if not isinstance(spec["workers"], int) or spec["workers"] < 1:
+        raise ConfigError(f"sweep file {path}: workers must be a positive integer.")
+    return spec
+
+
+def expand(spec: dict) -> list[SweepRun]:
+    """All (params, seed) runs of a sweep, in a fixed order; each checked as a config."""
+    combos = [{}]
+    for key, values in (spec.get("grid") or {}).items():
+        keys = [k.strip() for k in str(key).split(",")]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid entry {key!r} must be a non-empty list of values.")
+        axis = []
+        for v in values:
+            bundle = v if len(keys) > 1 else [v]
+            if not isinstance(bundle, list) or len(bundle) != len(keys):
+                raise ConfigError(f"grid entry {key!r}: each value must be a list of "
+                                  f"{len(keys)} values, got {v!r}.")
+            axis.append(dict(zip(keys, bundle)))
+        combos = [{**c, **a} for c in combos for a in axis]
+    if spec.get("random"):
+        combos = _random_combos(spec["random"], combos)
+    runs = []
+    for params in combos:
+        for seed in spec["seeds"]:
+            label = "-".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
+            runs.append(SweepRun(f"{label or 'base'}-seed{seed}", params, int(seed)))
+            load_config(spec.get("base"), overrides_for(spec, runs[-1]))  # fail early
+    return runs
+
+
+def _random_combos(rand: dict, grid: list[dict]) -> list[dict]:
+    rng = random.Random(rand.get("seed", 0))
+    out = []
+    for _ in range(int(rand.get("samples", 1))):
+        sample = {}
+        for key, dist in (rand.get("params") or {}).items():
+            if "choice" in dist:
+                sample[key] = rng.choice(dist["choice"])
+            elif "uniform" in dist:
+                sample[key] = rng.uniform(*map(float, dist["uniform"]))
+            elif "log_uniform" in dist:
+                lo, hi = map(float, dist["log_uniform"])
+                sample[key] = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+            else:
+                raise ConfigError(f"random param {key!r} needs choice, uniform or log_uniform.")
+        out += [{**g, **sample} for g in grid]
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def overrides_for(spec: dict, run: SweepRun) -> list[str]:
+    return [*spec["set"], *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                            for k, v in run.params.items()),
+            f"train.seed={run.seed}", f"run.dir={spec['dir']}", f"run.name={run.name}",
+            "train.progress=false"]
+
+
+def run_one(spec: dict, run: SweepRun, threads: int) -> tuple[SweepRun, str]:
+    """Train one run in its own process (skipped if finished, resumed if interrupted)."""
+    run_dir = Path(spec["dir"]) / run.name
+    if (run_dir / "summary.json").is_file():
+        return run, "skipped (finished)"
+    cmd = [sys.executable, "-m", "effcn", "train", "--quiet"]
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        cmd += ["--resume", str(run_dir)]
+        status = "resumed"
+    else:
+        if run_dir.exists():  # started but no epoch finished: nothing worth keeping
+            import shutil
+            shutil.rmtree(run_dir)
+        if spec.get("base"):
+            cmd += ["--config", spec["base"]]
+        cmd += [a for o in overrides_for(spec, run) for a in ("--set", o)]
+        status = "trained"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return run, f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+    return run, status
+
+
+def run_sweep(path: str | Path, workers: int | None = None, dry_run: bool = False) -> Path:
+    """Run (or continue) a sweep and write its results; returns the results.md path."""
+    spec = load_sweep(path)
+    runs = expand(spec)
+    workers = workers or spec["workers"]
+    Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
+    print(f"sweep {path}: {len(runs)} runs ({len(runs) // len(spec['seeds'])} settings x "
+          f"{len(spec['seeds'])} seeds) in {spec['dir']}, {workers} worker(s)", flush=True)
+    if dry_run:
+        for r in runs:
+            print(f"  {r.name}: {' '.join(overrides_for(spec, r)[:-3])}")
+        return Path(spec["dir"]) / "results.md"
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, (run, status) in enumerate(pool.map(lambda r: run_one(spec, r, threads), runs), 1):
+            print(f"[{i}/{len(runs)}] {run.name}: {status}", flush=True)
+    return write_results(spec, runs)
+
+
+def write_results(spec: dict, runs: list[SweepRun]) -> Path:
+    """results.csv (per run), results.md (mean +- std over seeds) and results.png."""
+    out = Path(spec["dir"])
+    keys = list(runs[0].params) if runs else []
+    rows = []
+    for run in runs:
+        summary_path = out / run.name / "summary.json"
+        s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        rows.append({**run.params, "seed": run.seed, "run": run.name,
+                     "best_val_acc": s.get("best_val_acc"), "test_acc": s.get("test_acc"),
+                     "train_seconds": s.get("train_seconds"), spec["metric"]: s.get(spec["metric"])})
+    columns = [*keys, "seed", "run", "best_val_acc", "test_acc", "train_seconds"]
+    if spec["metric"] not in columns:
+        columns.append(spec["metric"])
+    lines = [",".join(columns)]
+    for r in rows:
+        lines.append(",".join("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    atomic_write_text(out / "results.csv", "\n".join(lines) + "\n")
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    metrics = list(dict.fromkeys(["best_val_acc", "test_acc", spec["metric"], "train_seconds"]))
+    md = [f"Sweep `{spec['dir']}`: mean ± sample std over seeds {spec['seeds']} "
+          f"(n = finished runs per setting).", "",
+          "| " + " | ".join([*keys, "n", *metrics]) + " |",
+          "|" + "---|" * (len(keys) + 1 + len(metrics))]
+    table = []
+    for values, group in groups.items():
+        cells, stats = [], {}
+        for m in metrics:
+            xs = [g[m] for g in group if g.get(m) is not None]
+            stats[m] = xs
+            cells.append(_mean_std(xs, seconds=(m == "train_seconds")))
+        n = len(stats["test_acc"])
+        md.append("| " + " | ".join([*map(_fmt, values), str(n), *cells]) + " |")
+        table.append((values, stats[spec["metric"]]))
+    atomic_write_text(out / "results.md", "\n".join(md) + "\n")
+    _plot(out / "results.png", keys, table, spec["metric"])
+    print("\n".join(md))
+    return out / "results.md"
+
+
+def _mean_std(xs: list, seconds: bool = False) -> str:
+    if not xs:
+        return "—"
+    mean = statistics.fmean(xs)
+    std = statistics.stdev(xs) if len(xs) > 1 else float("nan")
+    if seconds:
+        return f"{mean:.0f} ± {std:.0f}" if len(xs) > 1 else f"{mean:.0f}"
+    return f"{100 * mean:.2f}% ± {100 * std:.2f}" if len(xs) > 1 else f"{100 * mean:.2f}%"
+
+
+def _plot(path: Path, keys: list, table: list, metric: str) -> None:
+    """Metric against the first swept key (one line per value of the others)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the tables are the result; the plot is a convenience (extra 'viz')
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines: dict[tuple, list] = {}
+    for values, xs in table:
+        if xs:
+            lines.setdefault(tuple(values[1:]), []).append((values[0] if values else 0, xs))
+    for rest, points in lines.items():
+        points.sort(key=lambda p: (isinstance(p[0], str), p[0]))
+        labels = [str(p[0]) for p in points]
+        means = [statistics.fmean(p[1]) for p in points]
+        errs = [statistics.stdev(p[1]) if len(p[1]) > 1 else 0 for p in points]
+        name = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(keys[1:], rest)) or metric
+        ax.errorbar(range(len(points)), means, yerr=errs, marker="o", capsize=3, label=name)
+        ax.set_xticks(range(len(points)), labels)
+    ax.set_xlabel(keys[0] if keys else "")
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    from .training.checkpoint import atomic_write_bytes
+    atomic_write_bytes(path, buf.getvalue())
