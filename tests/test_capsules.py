@@ -99,3 +99,17 @@ def test_reconstruction_loss_is_pixel_mean():
     a, b = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
     b[0, 0, 0, 0] = 3
     assert reconstruction_loss(a, b).item() == pytest.approx((31 + 9) / 32)
+
+
+def test_factorised_capsule_weights():
+    full = SelfAttentionRouting(n_in=16, d_in=8, n_out=1000, d_out=16)
+    low = SelfAttentionRouting(n_in=16, d_in=8, n_out=1000, d_out=16, rank=16)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(full) == 1000 * 16 * 8 * 16 + 1000 * 16
+    assert count(low) == 16 * 8 * 16 + 1000 * 16 * 16 + 1000 * 16
+    v, c, _ = low(torch.randn(2, 16, 8), return_routing=True)
+    assert v.shape == (2, 1000, 16) and torch.allclose(c.sum(1), torch.ones(2, 16), atol=1e-5)
+    # the factorised predictions are W_in[i] @ W_out[j] applied to u_i
+    u = torch.randn(1, 16, 8)
+    w = torch.einsum("idr,jre->jide", low.W_in, low.W_out)
+    assert torch.allclose(low.predictions(u), torch.einsum("bid,jide->bjie", u, w), atol=1e-5)

@@ -68,20 +68,33 @@ class SelfAttentionRouting(nn.Module):
     c = softmax over j (output capsules) of A;  v_j = squash(sum_i (c[j,i] + b[j,i]) u_hat[j,i]).
 
     Input (B, n_in, d_in) -> output (B, n_out, d_out). With ``uniform=True`` the coupling is the
-    constant 1/n_out instead (an ablation: does routing do anything?).
+    constant 1/n_out instead (an ablation: does routing do anything?). With ``rank=r > 0`` the
+    weights are factorised (see __init__) to keep the layer small for many classes.
     """
 
-    def __init__(self, n_in: int, d_in: int, n_out: int, d_out: int, uniform: bool = False):
+    def __init__(self, n_in: int, d_in: int, n_out: int, d_out: int, uniform: bool = False,
+                 rank: int = 0):
         super().__init__()
         self.n_in, self.d_in, self.n_out, self.d_out = n_in, d_in, n_out, d_out
-        self.uniform = uniform
-        self.W = nn.Parameter(torch.empty(n_out, n_in, d_in, d_out))
+        self.uniform, self.rank = uniform, rank
         self.b = nn.Parameter(torch.zeros(n_out, n_in))
-        # Keras computes fan_in of a 4-D weight as prod(shape[:-1]) = n_out * n_in * d_in.
-        keras_he_normal_(self.W, fan_in=n_out * n_in * d_in)
+        if rank:
+            # Factorised W[j,i] = W_in[i] @ W_out[j]: n_in*d_in*r + n_out*r*d_out parameters
+            # instead of n_out*n_in*d_in*d_out, so the layer grows by r*d_out per extra class.
+            self.W_in = nn.Parameter(torch.empty(n_in, d_in, rank))
+            self.W_out = nn.Parameter(torch.empty(n_out, rank, d_out))
+            keras_he_normal_(self.W_in, fan_in=d_in)
+            keras_he_normal_(self.W_out, fan_in=rank)
+        else:
+            self.W = nn.Parameter(torch.empty(n_out, n_in, d_in, d_out))
+            # Keras computes fan_in of a 4-D weight as prod(shape[:-1]) = n_out * n_in * d_in.
+            keras_he_normal_(self.W, fan_in=n_out * n_in * d_in)
 
     def predictions(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, n_in, d_in) -> u_hat (B, n_out, n_in, d_out)."""
+        if self.rank:
+            return torch.einsum("bir,jre->bjie", torch.einsum("bid,idr->bir", u, self.W_in),
+                                self.W_out)
         return torch.einsum("bid,jide->bjie", u, self.W)
 
     def coupling(self, u_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

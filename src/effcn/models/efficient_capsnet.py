@@ -53,6 +53,7 @@ class EfficientCapsNetConfig:
     primary_dim: int = 8
     caps_dim: int = 16
     routing: str = "self_attention"     # self_attention | uniform (ablation: c = 1/n_out)
+    caps_rank: int = 0                  # 0: full W (n_out, n_in, d_in, d_out); r: factorised
     decoder: str = "fc"                 # fc | none
     decoder_hidden: tuple = (512, 1024)
 
@@ -130,7 +131,7 @@ class EfficientCapsNet(nn.Module):
         self.primary = PrimaryCaps(channels, c.primary_kernel, n_primary, c.primary_dim,
                                    stride=c.primary_stride)
         self.digit_caps = SelfAttentionRouting(n_primary, c.primary_dim, c.num_classes, c.caps_dim,
-                                               uniform=c.routing == "uniform")
+                                               uniform=c.routing == "uniform", rank=c.caps_rank)
         self.decoder = (FCDecoder(c.num_classes * c.caps_dim, c.decoder_hidden,
                                   (c.in_channels, c.image_size, c.image_size))
                         if c.decoder == "fc" else None)
