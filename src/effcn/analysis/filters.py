@@ -33,7 +33,11 @@ def feature_maps(model, image: torch.Tensor) -> np.ndarray:
     conv = first_conv(model)
     device = next(model.parameters()).device
     captured = {}
-    hook = conv.register_forward_hook(lambda m, i, o: captured.setdefault("out", o.detach()))
+
+    def keep(module, inputs, output) -> None:  # must return None (a value replaces the output)
+        # a copy: the in-place activation that follows would overwrite the output tensor
+        captured["out"] = output.detach().clone()
+    hook = conv.register_forward_hook(keep)
     was_training = model.training
     model.eval()
     try:
