@@ -50,13 +50,14 @@ def plot_training_curves(curves: dict, title: str = ""):
     plt = pyplot()
     fig, ax = plt.subplots(2, 2, figsize=(10, 6.5))
     bx, ex = curves["batch_x"], curves["epoch_x"]
+    mid = ex - 0.5  # epoch means and the epoch's lr belong to the middle of the epoch
     w = max(1, len(bx) // 50)
     a = ax[0, 0]
     if len(bx):
         a.plot(bx, curves["batch_loss"], color="C0", alpha=0.2, lw=0.7)
         a.plot(bx, smooth(curves["batch_loss"], w), color="C0", lw=1, label="train (batches)")
-    a.plot(ex, curves["epoch_train_loss"], "o-", color="C0", label="train (epoch mean)")
-    a.plot(ex, curves["epoch_val_loss"], "s-", color="C1", label="validation")
+    a.plot(mid, curves["epoch_train_loss"], "o-", color="C0", label="train (epoch mean)")
+    a.plot(ex, curves["epoch_val_loss"], "s-", color="C1", label="validation (epoch end)")
     a.set_title("loss (margin + weight x reconstruction)")
     a.set_yscale("log")
     a.legend(fontsize=8)
@@ -65,7 +66,8 @@ def plot_training_curves(curves: dict, title: str = ""):
         if len(bx):
             a.plot(bx, smooth(curves[f"batch_{key}"], w), color=colour, lw=1, alpha=0.6,
                    label=f"{key} train (batches)")
-        a.plot(ex, curves[f"epoch_val_{key}"], "s-", color=colour, label=f"{key} validation")
+        a.plot(ex, curves[f"epoch_val_{key}"], "s-", color=colour,
+               label=f"{key} validation (epoch end)")
     a.set_title("loss parts (reconstruction unweighted)")
     a.set_yscale("log")
     a.legend(fontsize=8)
@@ -73,14 +75,14 @@ def plot_training_curves(curves: dict, title: str = ""):
     if len(bx):
         a.plot(bx, smooth(curves["batch_acc"], w), color="C0", lw=1, alpha=0.6,
                label="train (batches)")
-    a.plot(ex, curves["epoch_train_acc"], "o-", color="C0", label="train (epoch mean)")
-    a.plot(ex, curves["epoch_val_acc"], "s-", color="C1", label="validation")
+    a.plot(mid, curves["epoch_train_acc"], "o-", color="C0", label="train (epoch mean)")
+    a.plot(ex, curves["epoch_val_acc"], "s-", color="C1", label="validation (epoch end)")
     a.set_title("accuracy")
     a.legend(fontsize=8)
     a = ax[1, 1]
     if len(bx):
         a.plot(bx, curves["batch_lr"], color="C4", lw=1)
-    a.plot(ex, curves["epoch_lr"], "o", color="C4")
+    a.plot(mid, curves["epoch_lr"], "o", color="C4")
     a.set_title("learning rate")
     a.set_yscale("log")
     for a in ax.flat:

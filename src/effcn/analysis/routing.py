@@ -76,7 +76,7 @@ def routing_entropy(coupling: torch.Tensor, predictions: torch.Tensor | None = N
 def describe_entropy(summary: dict) -> str:
     """One sentence a user can read."""
     r = summary["entropy_ratio_mean"]
-    verdict = ("close to uniform: routing barely discriminates" if r > 0.95 else
+    verdict = ("close to uniform: routing barely discriminates" if r > 0.99 else
                "routing is selective" if r < 0.8 else "routing is mildly selective")
     text = (f"routing entropy {r:.3f} of uniform (median {summary['entropy_ratio_median']:.3f}), "
             f"mean max coupling {summary['max_coupling_mean']:.3f} vs uniform "
@@ -131,17 +131,21 @@ def plot_example_coupling(images: torch.Tensor, coupling: torch.Tensor, labels: 
     fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.2), squeeze=False,
                              gridspec_kw={"height_ratios": [1, 1.3]})
     pics = to_uint8(images)
+    vmax = max(float(coupling.max()), 1e-6)
     for k in range(n):
         axes[0, k].imshow(pics[k], cmap="gray" if pics.ndim == 3 else None)
         axes[0, k].set_title(f"true {class_names[int(labels[k])]} / pred "
                              f"{class_names[int(predictions[k])]}", fontsize=7)
         axes[0, k].axis("off")
-        axes[1, k].imshow(coupling[k].numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        im = axes[1, k].imshow(coupling[k].numpy(), cmap="viridis", vmin=0, vmax=vmax,
+                               aspect="auto")
         axes[1, k].set_xlabel("primary i", fontsize=7)
         axes[1, k].set_yticks(range(coupling.shape[1]), class_names[:coupling.shape[1]],
                               fontsize=6)
         axes[1, k].tick_params(axis="x", labelsize=6)
-    fig.suptitle("coupling c[j, i] of single examples (rows: class j; colour 0..1)")
+    fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02)
+    fig.suptitle("coupling c[j, i] of single examples (rows: class j; uniform = "
+                 f"{1 / coupling.shape[1]:.2f})")
     return fig
 
 
@@ -155,12 +159,14 @@ def plot_coupling_over_epochs(epochs: list[int], true_maps: list[np.ndarray],
     vmax = max(float(np.nanmax(m)) for m in true_maps)
     for k, (epoch, m) in enumerate(zip(epochs, true_maps)):
         ax = axes[0, k]
-        ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
         ax.set_title(f"epoch {epoch}", fontsize=9)
         ax.set_yticks(range(len(m)), class_names[:len(m)], fontsize=6)
         ax.set_xlabel("primary i", fontsize=7)
+    fig.colorbar(im, ax=axes[0, :n].tolist(), fraction=0.03)
     ax = axes[0, n]
     ax.plot(epochs, entropies, "o-")
+    ax.set_xticks(epochs)
     ax.axhline(1.0, color="grey", ls="--", lw=0.8)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("epoch")
