@@ -1,4 +1,4 @@
-"""The ``effcn`` command line: train, eval, predict, datasets, models.
+"""The ``effcn`` command line: train, eval, predict, datasets, models, visualize, runs.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -60,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("visualize", help="write a run's figures (reconstructions, GIF, routing, "
+                                         "perturbations, filters, curves) into RUN/figures")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--epoch", type=int, help="draw from the checkpoint of this epoch (default: best)")
+    p.add_argument("--what", default="recon,gif,routing,perturb,filters,curves",
+                   help="comma-separated figure kinds (default: all)")
+    p.add_argument("--images", type=int, default=2000,
+                   help="validation images for the routing statistics (default 2000)")
+    p.add_argument("--out", help="output folder (default RUN/figures)")
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("runs", help="list the runs under a folder as a table")
+    p.add_argument("dir", nargs="?", default="runs", help="folder holding runs (default runs/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run")
+    p.set_defaults(func=cmd_runs)
     return parser
 
 
@@ -222,6 +238,30 @@ def cmd_models(args) -> int:
         m = create_model(name)
         print(f"{name:<32} {count_parameters(m):>10,} "
               f"{count_parameters(m, include_decoder=False):>12,}  {describe_model(name)}")
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    from .analysis.visualize import parse_kinds, visualize_run
+    kinds = parse_kinds(args.what)
+    if args.images < 1:
+        raise EffcnError(f"--images must be at least 1, got {args.images}.")
+    for path in visualize_run(args.run, kinds, epoch=args.epoch, n_images=args.images,
+                              out_dir=args.out):
+        print(f"written: {path}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .training.runs import format_table, list_runs
+    rows = list_runs(args.dir)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    elif not rows:
+        print(f"no runs under {args.dir}")
+    else:
+        print(format_table(rows))
     return 0
 
 

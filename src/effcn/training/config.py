@@ -75,6 +75,9 @@ class TrainSection:
 class RunSection:
     dir: str = "runs"                       # parent folder of run directories
     name: str = ""                          # run directory name; default <config>-<timestamp>
+    tensorboard: bool = False               # write TensorBoard events to <run>/tensorboard
+    recon_every: int = 0                    # >0: save a reconstruction grid every N epochs (+ GIF)
+    checkpoint_every: int = 0               # >0: keep checkpoints/epoch_NNN.pt every N epochs
 
 
 @dataclass
@@ -98,7 +101,7 @@ POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_si
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor")
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
                 "schedule.gamma", "schedule.patience", "data.val_size", "data.train_subset",
-                "train.recon_weight")
+                "train.recon_weight", "run.recon_every", "run.checkpoint_every")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -228,7 +228,9 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path | None = None,
                  config_name: str = "run", resume: bool = False, quiet: bool = False,
                  callbacks: tuple[Callback, ...] = ()):
-        self.config, self.quiet, self.callbacks = config, quiet, list(callbacks)
+        from .callbacks import callbacks_from_config  # figures/TensorBoard switched on in run.*
+        self.config, self.quiet = config, quiet
+        self.callbacks = callbacks_from_config(config) + list(callbacks)
         self.device = resolve_device(config.train.device)
         if resume:
             self.run_dir = Path(run_dir)
@@ -372,6 +374,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train all epochs, then evaluate the best checkpoint on the test split once."""
         cfg = self.config
+        self._wall_start, self._started = time.perf_counter(), datetime.now()
         self._setup()
         if not self.resume:
             save_yaml(cfg.to_dict(), self.run_dir / "config.yaml")
@@ -430,6 +433,11 @@ class Trainer:
             "parameters": count_parameters(self.model),
             "parameters_without_decoder": count_parameters(self.model, include_decoder=False),
             "device": str(self.device),
+            # wall time of this fit() call: data loading, training, test evaluation
+            "wall_seconds": time.perf_counter() - getattr(self, "_wall_start", time.perf_counter()),
+            "started": getattr(self, "_started", datetime.now()).isoformat(timespec="seconds"),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "resumed": self.resume,
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         self._emit("on_fit_end", summary)

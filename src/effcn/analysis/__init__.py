@@ -1,0 +1,14 @@
+"""Looking inside trained networks: figures and the arrays behind them.
+
+One module per kind of figure; each takes a model (and data) and returns arrays, and a ``plot_*``
+function turns those into a matplotlib figure (Agg backend, imported inside the function):
+
+    reconstructions   the run's 32 fixed images, reconstruction grids (PNG) and their GIF
+    routing           coupling coefficients c[j, i] and agreement: per class, per example, entropy
+    perturbation      tweak each dimension of the winning capsule and decode (the authors' figure)
+    filters           first-layer convolution filters and feature maps
+    curves            training curves from metrics.jsonl
+    imageio           PNG/GIF writing (Pillow) and figure saving, all atomic
+
+``effcn visualize RUN`` (effcn.analysis.visualize) writes all of them into ``RUN/figures``.
+"""

@@ -1,0 +1,188 @@
+"""Callbacks that the trainer attaches from the config's ``run`` section.
+
+    run.recon_every=N       ReconstructionGrids: RUN/recon/epoch_NNN.png every N epochs (and the
+                            last), RUN/recon/reconstructions.gif at the end
+    run.tensorboard=true    TensorBoardLogger: RUN/tensorboard (scalars, lr, grid, histograms,
+                            hparams with the final metrics)
+    run.checkpoint_every=N  EpochCheckpoints: RUN/checkpoints/epoch_NNN.pt (weights and config only)
+                            for effcn visualize --epoch and routing across epochs
+
+Each imports its optional dependency when training starts, so a missing extra fails before the
+first epoch, not after it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, EffcnError
+from .checkpoint import save_checkpoint
+from .config import Config
+from .trainer import Callback
+
+
+def _due(epoch: int, every: int, last: int) -> bool:
+    return every > 0 and (epoch % every == 0 or epoch == last)
+
+
+class ReconstructionGrids(Callback):
+    """The run's 32 fixed validation images and their reconstructions, as a grid per epoch.
+
+    ``every=0`` saves nothing but still serves ``grid()`` (used by TensorBoard).
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.images = self.labels = None
+        self._cache: tuple[int, object] | None = None
+
+    def on_fit_start(self, trainer) -> None:
+        from ..analysis import reconstructions as R
+        from ..analysis.probe import require_decoder
+        if self.every:
+            from ..analysis.imageio import pil_image
+            pil_image()
+        try:
+            require_decoder(trainer.model)
+        except EffcnError as e:
+            if self.every:
+                raise ConfigError(f"run.recon_every={self.every} but {e} Set run.recon_every=0."
+                                  ) from None
+            self.images = None
+            return
+        self.dir = trainer.run_dir / "recon"
+        path = self.dir / "fixed_images.npz"
+        if path.is_file():  # a resumed run keeps its images
+            self.images, self.labels = R.load_fixed_images(path)
+        else:
+            pos = R.choose_fixed_images(trainer.val_y, trainer.config.train.seed)
+            self.images, self.labels = trainer.val_x[pos.to(trainer.val_x.device)].cpu(), \
+                trainer.val_y[pos.to(trainer.val_y.device)].cpu()
+            R.save_fixed_images(path, self.images, self.labels, pos)
+
+    def grid(self, trainer, epoch: int):
+        """uint8 grid of this epoch (computed once per epoch), or None without a decoder."""
+        if self.images is None:
+            return None
+        if self._cache is None or self._cache[0] != epoch:
+            from ..analysis.reconstructions import reconstruction_grid
+            self._cache = (epoch, reconstruction_grid(trainer.model, self.images))
+        return self._cache[1]
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        epoch = record["epoch"]
+        if _due(epoch, self.every, trainer.config.train.epochs):
+            from ..analysis.imageio import save_png
+            from ..analysis.reconstructions import epoch_grid_path
+            save_png(self.grid(trainer, epoch), epoch_grid_path(self.dir, epoch))
+
+    def on_fit_end(self, trainer, summary: dict) -> None:
+        if self.every and self.images is not None:
+            from ..analysis.reconstructions import assemble_gif
+            path = assemble_gif(self.dir, self.dir / "reconstructions.gif")
+            trainer._say(f"reconstructions: {path}")
+
+
+class TensorBoardLogger(Callback):
+    """Batch and epoch scalars (incl. learning rate), the reconstruction grid per epoch, weight
+    histograms per epoch, and hparams with the final metrics, in RUN/tensorboard."""
+
+    def __init__(self, grids: ReconstructionGrids):
+        self.grids = grids
+        self.writer = None
+
+    def on_fit_start(self, trainer) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise EffcnError("run.tensorboard=true needs the tensorboard package; install it with "
+                             "pip install 'effcn[tensorboard]' or set run.tensorboard=false."
+                             ) from None
+        self.writer = SummaryWriter(log_dir=str(trainer.run_dir / "tensorboard"))
+        bs = trainer.config.train.batch_size
+        self.steps_per_epoch = -(-len(trainer.train_y) // bs)
+
+    def on_batches(self, trainer, records: list[dict]) -> None:
+        for r in records:
+            step = (r["epoch"] - 1) * self.steps_per_epoch + r["step"]
+            for key in ("loss", "margin", "recon", "acc", "lr"):
+                self.writer.add_scalar(f"batch/{key}", r[key], step)
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        epoch, w = record["epoch"], self.writer
+        for key, value in record.items():
+            if key not in ("kind", "epoch") and isinstance(value, (int, float)):
+                w.add_scalar(f"epoch/{key}", value, epoch)
+        grid = self.grids.grid(trainer, epoch)
+        if grid is not None:
+            w.add_image("reconstructions", grid, epoch,
+                        dataformats="HW" if grid.ndim == 2 else "HWC")
+        for name, p in trainer.model.named_parameters():
+            w.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
+        w.flush()
+
+    def on_fit_end(self, trainer, summary: dict) -> None:
+        from torch.utils.tensorboard.summary import hparams
+        hp = {}
+        for section, values in trainer.config.to_dict().items():
+            for key, value in values.items():
+                if isinstance(value, (bool, int, float, str)):
+                    hp[f"{section}.{key}"] = value
+                elif isinstance(value, (tuple, list, dict)):
+                    hp[f"{section}.{key}"] = str(value)
+        metrics = {f"hparam/{k}": float(summary[k])
+                   for k in ("test_acc", "test_loss", "best_val_acc", "best_epoch")}
+        for part in hparams(hp, metrics):
+            self.writer.file_writer.add_summary(part)
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, summary["epochs"])
+        self.writer.close()
+
+
+class EpochCheckpoints(Callback):
+    """checkpoints/epoch_NNN.pt every N epochs (and the last): weights and configs, no
+    optimizer state, loadable with model_from_checkpoint."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        epoch = record["epoch"]
+        if _due(epoch, self.every, trainer.config.train.epochs):
+            m = trainer.model
+            from ..models import model_config_dict
+            save_checkpoint(epoch_checkpoint_path(trainer.run_dir, epoch),
+                            {"model_name": m.model_name, "model_config": model_config_dict(m),
+                             "model": m.state_dict(), "epoch": epoch,
+                             "config": trainer.config.to_dict(),
+                             "class_names": trainer.class_names})
+
+
+def epoch_checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+
+
+def saved_epoch_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every checkpoints/epoch_NNN.pt, in epoch order."""
+    found = []
+    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
+        try:
+            found.append((int(p.stem.split("_")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    return sorted(found)
+
+
+def callbacks_from_config(config: Config) -> list[Callback]:
+    """The callbacks that ``config.run`` switches on, in the order they must run."""
+    run, callbacks = config.run, []
+    grids = ReconstructionGrids(run.recon_every)
+    if run.recon_every or run.tensorboard:
+        callbacks.append(grids)
+    if run.tensorboard:
+        callbacks.append(TensorBoardLogger(grids))
+    if run.checkpoint_every:
+        callbacks.append(EpochCheckpoints(run.checkpoint_every))
+    return callbacks

@@ -1,0 +1,77 @@
+"""``effcn runs DIR``: the run directories under DIR as a table.
+
+A run directory is any folder with a config.yaml; finished runs are read from summary.json,
+unfinished ones from the epoch records of metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import EffcnError
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise EffcnError(f"{root} is not a folder; pass the folder that holds your runs "
+                         f"(run.dir, default runs/).")
+    return sorted(p.parent for p in root.rglob("config.yaml")
+                  if (p.parent / "metrics.jsonl").exists() or (p.parent / "summary.json").exists())
+
+
+def run_row(run_dir: Path, root: Path) -> dict:
+    """name, dataset, model, epochs (done/planned), best val acc, test acc, seconds, status."""
+    from .config import load_yaml
+    from .metrics import read_metrics
+    cfg = load_yaml(run_dir / "config.yaml")
+    epochs = read_metrics(run_dir / "metrics.jsonl", kind="epoch")
+    row = {"name": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+           "dataset": cfg.get("data", {}).get("dataset", "?"),
+           "model": cfg.get("model", {}).get("name", "?"),
+           "epochs_done": max((r["epoch"] for r in epochs), default=0),
+           "epochs": cfg.get("train", {}).get("epochs"),
+           "best_val_acc": max((r["val_acc"] for r in epochs
+                                if isinstance(r.get("val_acc"), (int, float))), default=None),
+           "test_acc": None,
+           # sum of epoch times over every session of the run (resumes included)
+           "seconds": sum(r.get("epoch_seconds", 0) for r in epochs) or None,
+           "status": "unfinished"}
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            s = json.loads(summary_path.read_text())
+        except json.JSONDecodeError:
+            s = {}
+        if s:
+            row.update(status="done", test_acc=s.get("test_acc"),
+                       best_val_acc=s.get("best_val_acc", row["best_val_acc"]))
+            if s.get("wall_seconds") and not s.get("resumed"):
+                row["seconds"] = s["wall_seconds"]
+    return row
+
+
+def list_runs(root: str | Path) -> list[dict]:
+    root = Path(root)
+    return [run_row(d, root) for d in find_runs(root)]
+
+
+def format_duration(seconds) -> str:
+    if not seconds:
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("name", "dataset", "model", "epochs", "best val", "test acc", "time", "status")
+    body = [(r["name"], r["dataset"], r["model"], f"{r['epochs_done']}/{r['epochs']}",
+             "-" if r["best_val_acc"] is None else f"{r['best_val_acc']:.4f}",
+             "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}",
+             format_duration(r["seconds"]), r["status"]) for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
+             for line in (head, *body)]
+    return "\n".join(lines)
