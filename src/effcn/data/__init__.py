@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from effcn.data.fashion_mnist import FashionMNIST
 from effcn.data.mnist import IDXClassification, IDXFolder, MNIST
 from effcn.errors import DataError
 
 DATASETS: Dict[str, type] = {
     "mnist": MNIST,
     "idx": IDXFolder,
+    "fashion_mnist": FashionMNIST,
 }
 
 
@@ -60,4 +62,4 @@ def describe_datasets(root: Optional[str] = None) -> List[Dict[str, object]]:
     return out
 
 
-__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", "IDXClassification", "MNIST", "IDXFolder"]
+__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", "IDXClassification", "MNIST", "IDXFolder", "FashionMNIST"]
