@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="also look under this folder (as data.root would)")
     p.set_defaults(func=cmd_datasets)
 
+    p = sub.add_parser("import-keras", help="import the authors' trained Keras .h5 weights")
+    p.add_argument("h5", help="Keras weights file, e.g. efficient_capsnet_SMALLNORB.h5")
+    p.add_argument("--preset", default="smallnorb", help="smallnorb (default) | mnist")
+    p.add_argument("--out", required=True, help="folder to write (config.yaml, checkpoints/best.pt)")
+    p.set_defaults(func=cmd_import_keras)
+
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.set_defaults(func=cmd_models)
     return parser
@@ -197,6 +203,20 @@ def cmd_datasets(args) -> int:
         print(f"{r['name']:<14} {status}")
         print(f"{'':<14} {r['description']}")
         print(f"{'':<14} looked in: {', '.join(str(d) for d in r['searched'])}")
+    return 0
+
+
+def cmd_import_keras(args) -> int:
+    from .keras_import import import_keras_weights, write_imported_run
+    out = Path(args.out)
+    if (out / "checkpoints" / "best.pt").exists():
+        raise EffcnError(f"{out} already holds a checkpoint; choose another --out folder.")
+    model, mapping = import_keras_weights(args.h5, args.preset)
+    for target, name in mapping.items():
+        print(f"{name:<40} -> {target} {tuple(model.state_dict()[target].shape)}")
+    ckpt = write_imported_run(model, args.preset, out, args.h5)
+    print(f"mapped all {len(mapping)} tensors of {args.h5} into {model.model_name}; "
+          f"written: {ckpt}")
     return 0
 
 
