@@ -128,8 +128,9 @@ def _run_dir_of(ckpt: Path) -> Path:
 def cmd_eval(args) -> int:
     from .training.checkpoint import model_from_checkpoint
     from .training.config import config_from_dict, parse_scalar, set_value, validate
-    from .training.trainer import (as_nchw, evaluate_model, load_split, resolve_device,
-                                   train_val_split)
+    from .data.augment import build_augment
+    from .training.trainer import (as_nchw, eval_transform_of, evaluate_model, load_split,
+                                   resolve_device, train_val_split)
     ckpt = resolve_checkpoint(args.run, args.checkpoint)
     device = resolve_device("auto")
     model, state = model_from_checkpoint(ckpt, map_location=device)
@@ -148,7 +149,8 @@ def cmd_eval(args) -> int:
         images, labels = as_nchw(ds.images)[val_idx], ds.labels.long()[val_idx]
     images, labels = images.to(device), labels.to(device)
     result = evaluate_model(model, images, labels, config.train.recon_weight,
-                            config.train.eval_batch_size, return_predictions=True)
+                            config.train.eval_batch_size, return_predictions=True,
+                            transform=eval_transform_of(build_augment(config.data.augment)))
     preds = result.pop("predictions")
     result.pop("lengths")
     names = state.get("class_names") or [str(i) for i in range(model.config.num_classes)]
@@ -179,6 +181,13 @@ def cmd_predict(args) -> int:
     model, state = model_from_checkpoint(ckpt)
     model.eval()
     cfg = model.config
+    from .data.augment import build_augment
+    from .training.trainer import eval_transform_of
+    augment = state.get("config", {}).get("data", {}).get("augment", "none")
+    if eval_transform_of(build_augment(augment)) is not None:
+        raise EffcnError(f"predict takes images as the model sees them, but this run's data go "
+                         f"through the {augment!r} evaluation preprocessing first; use "
+                         f"effcn eval on the dataset instead.")
     names = state.get("class_names") or [str(i) for i in range(cfg.num_classes)]
     batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels, invert=args.invert)
                          for p in args.images])

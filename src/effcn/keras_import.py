@@ -203,7 +203,6 @@ def write_imported_run(model, preset: str, out_dir: str | Path, source: str | Pa
     config.model.name = model_name
     config.data.dataset = dataset
     config.data.augment = augment
-    config.train.epochs = 0
     out = Path(out_dir)
     ckpt = out / "checkpoints" / "best.pt"
     save_checkpoint(ckpt, {"model_name": model_name, "model_config": model_config_dict(model),
