@@ -308,3 +308,41 @@ def test_imported_keras_weights_evaluate_with_effcn_eval(norb_root, tmp_path, ca
     png.write_bytes(b"")
     assert main(["predict", str(out), str(png)]) == 2
     assert "evaluation preprocessing" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ presets
+def test_smallnorb_preset_has_the_authors_parameter_counts():
+    from effcn.models import create_model
+    from effcn.models.efficient_capsnet import ConvDecoder, count_parameters
+    model = create_model("efficient_capsnet_smallnorb")
+    assert model.config.feature_map_size() == 8 and model.config.num_primary_caps() == 16
+    assert count_parameters(model, include_decoder=False) == 151_664
+    # the Keras generator: dense 80*64+64, convs 1->64, 64->128, 128->128, 128->2 (3x3)
+    keras_generator = 80 * 64 + 64 + 9 * 64 + 64 + 9 * 64 * 128 + 128 + 9 * 128 * 128 + 128 + 9 * 128 * 2 + 2
+    assert count_parameters(model) - 151_664 == keras_generator == 229_570
+    out = model(torch.rand(2, 2, 48, 48), torch.tensor([0, 4]))
+    assert out.reconstruction.shape == (2, 2, 48, 48) and out.lengths.shape == (2, 5)
+    assert ConvDecoder(80, (8, 8, 8), (3, 32, 32)).seed == 6
+    with pytest.raises(ValueError, match="cannot produce"):
+        ConvDecoder(80, (8, 8, 8), (1, 28, 28))
+
+
+def test_cifar10_training_end_to_end(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    md5 = {}
+    for i, name in enumerate(CIFAR10.files["train"] + CIFAR10.files["test"]):
+        blob = cifar_batch(6, i)[0]
+        (root / name).write_bytes(blob)
+        md5[name] = hashlib.md5(blob).hexdigest()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(CIFAR10, "md5", md5)
+    try:
+        sets = [f"data.root={tmp_path}", "data.dataset=cifar10", "data.augment=cifar10",
+                "data.val_size=6", "model.name=efficient_capsnet_cifar10", "train.epochs=1",
+                "train.batch_size=8", "train.progress=false", f"run.dir={tmp_path / 'runs'}",
+                "run.name=c", "train.device=cpu"]
+        summary = Trainer(load_config(None, sets), quiet=True).fit()
+    finally:
+        mp.undo()
+    assert summary["train_images"] == 24 and summary["test_images"] == 6
