@@ -244,3 +244,29 @@ def test_real_authors_file_maps_every_tensor_and_matches_numpy():
         out = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
     np.testing.assert_allclose(out.capsules.numpy(), keras_capsnet_numpy(w, x.astype(np.float64)),
                                rtol=1e-3, atol=1e-5)
+
+
+def test_mnist_preset_maps_batchnorm_and_the_fc_decoder(tmp_path):
+    """The MNIST preset's layout (BatchNorm with moving statistics, Dense decoder)."""
+    caps, cin = [], 1
+    for i, (cout, k) in enumerate(((32, 5), (64, 3), (64, 3), (128, 3))):
+        bn = "batch_normalization" + (f"_{i}" if i else "")
+        caps += [(f"conv2d_{i}", "kernel", (k, k, cin, cout)), (f"conv2d_{i}", "bias", (cout,))]
+        caps += [(bn, w, (cout,)) for w in ("gamma", "beta", "moving_mean", "moving_variance")]
+        cin = cout
+    caps += [("conv2d_4", "kernel", (9, 9, 1, 128)), ("conv2d_4", "bias", (128,)),
+             ("digit_caps", "W", (10, 16, 8, 16)), ("digit_caps", "b", (10, 16, 1))]
+    gen = []
+    for i, (a, b) in enumerate(((160, 512), (512, 1024), (1024, 784))):
+        name = "dense" + (f"_{i}" if i else "")
+        gen += [(name, "kernel", (a, b)), (name, "bias", (b,))]
+    path = tmp_path / "mnist.h5"
+    w = write_keras_h5(path, capsnet=caps, generator=gen)
+    model, mapping = import_keras_weights(path, "mnist")
+    assert len(mapping) == 34
+    sd = model.state_dict()
+    np.testing.assert_array_equal(sd["stem.2.running_var"].numpy(),
+                                  w["batch_normalization/moving_variance"])
+    np.testing.assert_array_equal(sd["decoder.net.4.weight"].numpy(), w["dense_2/kernel"].T)
+    with pytest.raises(CheckpointError, match="holds 28 tensors but the smallnorb preset expects 20"):
+        import_keras_weights(path, "smallnorb")
