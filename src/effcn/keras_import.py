@@ -91,11 +91,15 @@ def expected_slots(model: nn.Module) -> Tuple[List[Slot], List[Slot]]:
     return caps, gen
 
 
+def _names(attr) -> List[str]:
+    """An HDF5 attribute holding names (bytes or str) as a list of str."""
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in attr]
+
+
 def _read_group(f, group_name: str, path: Path) -> List[Tuple[str, np.ndarray]]:
     """[(weight name, array)] of a Keras weights group, in its ``weight_names`` order."""
     group = f[group_name]
-    names = [n.decode() if isinstance(n, bytes) else str(n)
-             for n in group.attrs.get("weight_names", [])]
+    names = _names(group.attrs.get("weight_names", []))
     out = []
     for n in names:
         if n not in group:
@@ -107,12 +111,10 @@ def _read_group(f, group_name: str, path: Path) -> List[Tuple[str, np.ndarray]]:
 
 def _find_groups(f, path: Path):
     """The (capsule network, generator) weight group names of a Keras weights file."""
-    layer_names = [n.decode() if isinstance(n, bytes) else str(n)
-                   for n in f.attrs.get("layer_names", [])]
-    with_weights = [n for n in layer_names if n in f and len(f[n].attrs.get("weight_names", []))]
+    with_weights = [n for n in _names(f.attrs.get("layer_names", []))
+                    if n in f and len(f[n].attrs.get("weight_names", []))]
     caps = [n for n in with_weights
-            if any(b"digit_caps" in (w if isinstance(w, bytes) else str(w).encode())
-                   for w in f[n].attrs["weight_names"])]
+            if any(w.startswith("digit_caps/") for w in _names(f[n].attrs["weight_names"]))]
     if len(caps) != 1:
         raise CheckpointError(f"{path} is not an Efficient-CapsNet Keras weights file (expected "
                               f"one layer group holding digit_caps weights among "
