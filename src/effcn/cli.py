@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("import-keras", help="import the authors' trained Keras .h5 weights")
+    p.add_argument("h5", help="Keras weights file, e.g. efficient_capsnet_SMALLNORB.h5")
+    p.add_argument("--preset", default="smallnorb", help="smallnorb (default) | mnist")
+    p.add_argument("--out", required=True, help="folder to write (config.yaml, checkpoints/best.pt)")
+    p.set_defaults(func=cmd_import_keras)
+
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.set_defaults(func=cmd_models)
 
@@ -144,8 +150,9 @@ def _run_dir_of(ckpt: Path) -> Path:
 def cmd_eval(args) -> int:
     from .training.checkpoint import model_from_checkpoint
     from .training.config import config_from_dict, parse_scalar, set_value, validate
-    from .training.trainer import (as_nchw, evaluate_model, load_split, resolve_device,
-                                   train_val_split)
+    from .data.augment import build_augment
+    from .training.trainer import (as_nchw, eval_transform_of, evaluate_model, load_split,
+                                   resolve_device, train_val_split)
     ckpt = resolve_checkpoint(args.run, args.checkpoint)
     device = resolve_device("auto")
     model, state = model_from_checkpoint(ckpt, map_location=device)
@@ -164,7 +171,8 @@ def cmd_eval(args) -> int:
         images, labels = as_nchw(ds.images)[val_idx], ds.labels.long()[val_idx]
     images, labels = images.to(device), labels.to(device)
     result = evaluate_model(model, images, labels, config.train.recon_weight,
-                            config.train.eval_batch_size, return_predictions=True)
+                            config.train.eval_batch_size, return_predictions=True,
+                            transform=eval_transform_of(build_augment(config.data.augment)))
     preds = result.pop("predictions")
     result.pop("lengths")
     names = state.get("class_names") or [str(i) for i in range(model.config.num_classes)]
@@ -195,6 +203,13 @@ def cmd_predict(args) -> int:
     model, state = model_from_checkpoint(ckpt)
     model.eval()
     cfg = model.config
+    from .data.augment import build_augment
+    from .training.trainer import eval_transform_of
+    augment = state.get("config", {}).get("data", {}).get("augment", "none")
+    if eval_transform_of(build_augment(augment)) is not None:
+        raise EffcnError(f"predict takes images as the model sees them, but this run's data go "
+                         f"through the {augment!r} evaluation preprocessing first; use "
+                         f"effcn eval on the dataset instead.")
     names = state.get("class_names") or [str(i) for i in range(cfg.num_classes)]
     batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels, invert=args.invert)
                          for p in args.images])
@@ -227,6 +242,20 @@ def cmd_sweep(args) -> int:
     results = run_sweep(args.spec, workers=args.workers, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"written: {results}, {results.with_suffix('.csv')}, {results.with_suffix('.png')}")
+    return 0
+
+
+def cmd_import_keras(args) -> int:
+    from .keras_import import import_keras_weights, write_imported_run
+    out = Path(args.out)
+    if (out / "checkpoints" / "best.pt").exists():
+        raise EffcnError(f"{out} already holds a checkpoint; choose another --out folder.")
+    model, mapping = import_keras_weights(args.h5, args.preset)
+    for target, name in mapping.items():
+        print(f"{name:<40} -> {target} {tuple(model.state_dict()[target].shape)}")
+    ckpt = write_imported_run(model, args.preset, out, args.h5)
+    print(f"mapped all {len(mapping)} tensors of {args.h5} into {model.model_name}; "
+          f"written: {ckpt}")
     return 0
 
 

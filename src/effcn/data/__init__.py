@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from effcn.data.cifar10 import CIFAR10
+from effcn.data.fashion_mnist import FashionMNIST
 from effcn.data.mnist import IDXClassification, IDXFolder, MNIST
+from effcn.data.smallnorb import SmallNORB
 from effcn.errors import DataError
 
 DATASETS: Dict[str, type] = {
     "mnist": MNIST,
     "idx": IDXFolder,
+    "fashion_mnist": FashionMNIST,
+    "smallnorb": SmallNORB,
+    "cifar10": CIFAR10,
 }
 
 
@@ -60,4 +66,5 @@ def describe_datasets(root: Optional[str] = None) -> List[Dict[str, object]]:
     return out
 
 
-__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", "IDXClassification", "MNIST", "IDXFolder"]
+__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", "IDXClassification", "MNIST", "IDXFolder", "FashionMNIST",
+           "SmallNORB", "CIFAR10"]

@@ -351,3 +351,16 @@ def build_augment(spec: str):
     if name in AUGMENTATIONS:
         return AUGMENTATIONS[name]()
     return MNISTAugment.from_spec(name)
+
+
+def _smallnorb():
+    from effcn.data.preprocess import SmallNORBPreprocess
+    return SmallNORBPreprocess()
+
+
+def _cifar10():
+    from effcn.data.preprocess import CIFARAugment
+    return CIFARAugment()
+
+
+AUGMENTATIONS.update({"smallnorb": _smallnorb, "cifar10": _cifar10})

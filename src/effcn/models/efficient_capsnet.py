@@ -7,12 +7,14 @@
       -> lengths |v_j| are the class scores                            (B, n_classes)
       -> decoder on the capsules masked to one class                   (B, C, H, W) in [0, 1]
 
-Presets (registered at the bottom): mnist (161,824 parameters without the decoder), multimnist,
-and a tiny variant for tests.
+The decoder is fully connected (MNIST) or, for smallNORB, an upsampling conv decoder
+(``decoder="conv"``). Presets (registered at the bottom): mnist (161,824 parameters without the
+decoder), multimnist, smallnorb (151,664), cifar10, and tiny variants for tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -54,14 +56,15 @@ class EfficientCapsNetConfig:
     caps_dim: int = 16
     routing: str = "self_attention"     # self_attention | uniform (ablation: c = 1/n_out)
     caps_rank: int = 0                  # 0: full W (n_out, n_in, d_in, d_out); r: factorised
-    decoder: str = "fc"                 # fc | none
-    decoder_hidden: tuple = (512, 1024)
+    decoder: str = "fc"                 # fc | conv (upsampling, smallNORB) | none
+    decoder_hidden: tuple = (512, 1024)  # fc: hidden units; conv: channels of the upsampling convs
 
     def __post_init__(self):
         self.stem = tuple(tuple(int(v) for v in layer) for layer in self.stem)
         self.decoder_hidden = tuple(int(v) for v in self.decoder_hidden)
         for name, allowed in (("activation", ("relu", "leaky_relu")), ("norm", ("batch", "instance")),
-                              ("routing", ("self_attention", "uniform")), ("decoder", ("fc", "none"))):
+                              ("routing", ("self_attention", "uniform")),
+                              ("decoder", ("fc", "conv", "none"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -107,6 +110,45 @@ class FCDecoder(nn.Module):
         return self.net(masked).view(-1, *self.out_shape)
 
 
+class ConvDecoder(nn.Module):
+    """Masked capsules (B, n_classes * D) -> image (B, C, H, W), the authors' smallNORB generator.
+
+    Dense (no activation) to a 1-channel ``seed x seed`` map, then for each width in ``hidden``:
+    bilinear upsampling x2 and a 3x3 'valid' conv with leaky ReLU; a last 3x3 'valid' conv to C
+    channels with a sigmoid. Each stage maps a side s to 2s - 2, so ``seed`` is solved from the
+    image size (8 for 48, 6 for 32). Follows the authors' code: the leaky ReLU here is
+    tf.nn.leaky_relu (slope 0.2), not the stem's Keras LeakyReLU (0.3).
+    """
+
+    def __init__(self, in_features: int, hidden: tuple, out_shape: tuple):
+        super().__init__()
+        channels, height, width = out_shape
+        if height != width:
+            raise ValueError(f"the conv decoder needs square images, got {height}x{width}")
+        side = height + 2  # before the last 3x3 'valid' conv
+        for _ in hidden:
+            if side % 2:
+                raise ValueError(f"the conv decoder with {len(hidden)} upsampling stages cannot "
+                                 f"produce {height}x{width} images")
+            side = (side + 2) // 2
+        self.seed = side
+        self.dense = nn.Linear(in_features, side * side)
+        stages, width_in = [], 1
+        for h in hidden:
+            stages += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                       nn.Conv2d(width_in, h, 3), nn.LeakyReLU(0.2, inplace=True)]
+            width_in = h
+        self.convs = nn.Sequential(*stages, nn.Conv2d(width_in, channels, 3), nn.Sigmoid())
+        # Keras defaults of the authors' generator: glorot_uniform kernels, zero biases.
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.dense(masked).view(-1, 1, self.seed, self.seed))
+
+
 class EfficientCapsNet(nn.Module):
     """Efficient-CapsNet; see the module docstring for the layer stack."""
 
@@ -132,9 +174,10 @@ class EfficientCapsNet(nn.Module):
                                    stride=c.primary_stride)
         self.digit_caps = SelfAttentionRouting(n_primary, c.primary_dim, c.num_classes, c.caps_dim,
                                                uniform=c.routing == "uniform", rank=c.caps_rank)
-        self.decoder = (FCDecoder(c.num_classes * c.caps_dim, c.decoder_hidden,
-                                  (c.in_channels, c.image_size, c.image_size))
-                        if c.decoder == "fc" else None)
+        decoder_cls = {"fc": FCDecoder, "conv": ConvDecoder}.get(c.decoder)
+        self.decoder = (decoder_cls(c.num_classes * c.caps_dim, c.decoder_hidden,
+                                    (c.in_channels, c.image_size, c.image_size))
+                        if decoder_cls else None)
 
     def encode(self, x: torch.Tensor, return_routing: bool = False):
         """x (B, C, H, W) float -> digit capsules (B, n_classes, D) [, c, A]."""
@@ -180,9 +223,38 @@ def tiny_config() -> EfficientCapsNetConfig:
                                   primary_caps=4, decoder_hidden=(32, 64))
 
 
+def smallnorb_config() -> EfficientCapsNetConfig:
+    """The authors' smallNORB model: 2x48x48 stereo crops, 5 classes, conv decoder."""
+    return EfficientCapsNetConfig(image_size=48, in_channels=2, num_classes=5,
+                                  stem=((32, 7, 2), (64, 3, 1), (64, 3, 1), (128, 3, 2)),
+                                  activation="leaky_relu", norm="instance", primary_kernel=8,
+                                  decoder="conv", decoder_hidden=(64, 128, 128))
+
+
+def smallnorb_tiny_config() -> EfficientCapsNetConfig:
+    """smallNORB's structure with few channels, for tests."""
+    return dataclasses.replace(smallnorb_config(), stem=((8, 7, 2), (16, 3, 1), (16, 3, 1), (32, 3, 2)),
+                               primary_caps=4, decoder_hidden=(8, 8, 8))
+
+
+def cifar10_config() -> EfficientCapsNetConfig:
+    """Our choice for 3x32x32 CIFAR-10 (the authors gave none): the MNIST stem widened for
+    colour (feature map 128x11x11 -> depthwise 11x11 -> 16 capsules x 8), BatchNorm and ReLU
+    as for MNIST, and smallNORB's upsampling conv decoder (3x32x32 output)."""
+    return EfficientCapsNetConfig(image_size=32, in_channels=3, primary_kernel=11,
+                                  decoder="conv", decoder_hidden=(64, 128, 128))
+
+
 register_model("efficient_capsnet_mnist", EfficientCapsNet, mnist_config,
                "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes, 161,824 params w/o decoder)")
 register_model("efficient_capsnet_multimnist", EfficientCapsNet, multimnist_config,
                "Efficient-CapsNet, MultiMNIST preset (36x36x1, stride-2 stem, depthwise 5x5/2)")
 register_model("efficient_capsnet_tiny", EfficientCapsNet, tiny_config,
                "A tiny 28x28 Efficient-CapsNet for tests and smoke runs")
+register_model("efficient_capsnet_smallnorb", EfficientCapsNet, smallnorb_config,
+               "Efficient-CapsNet, smallNORB preset (2x48x48, 5 classes, LeakyReLU+InstanceNorm, "
+               "conv decoder; 151,664 params w/o decoder)")
+register_model("efficient_capsnet_smallnorb_tiny", EfficientCapsNet, smallnorb_tiny_config,
+               "A tiny smallNORB-shaped (2x48x48, conv decoder) Efficient-CapsNet for tests")
+register_model("efficient_capsnet_cifar10", EfficientCapsNet, cifar10_config,
+               "Efficient-CapsNet, CIFAR-10 preset (3x32x32, our choices; conv decoder)")

@@ -83,6 +83,12 @@ def check_compatible(model, images: torch.Tensor, labels: torch.Tensor, dataset:
                           f"model.args.num_classes.")
 
 
+def eval_transform_of(augment):
+    """The evaluation-time preprocessing of a training augmentation (e.g. smallNORB's
+    standardisation and centre crop): its ``eval_transform`` method, or None (identity)."""
+    return getattr(augment, "eval_transform", None)
+
+
 def loss_parts(out, images: torch.Tensor, labels: torch.Tensor, recon_weight: float):
     """(total, margin, reconstruction) losses of a forward result on float images."""
     margin = margin_loss(out.lengths, labels)
@@ -95,15 +101,19 @@ def loss_parts(out, images: torch.Tensor, labels: torch.Tensor, recon_weight: fl
 
 @torch.no_grad()
 def evaluate_model(model, images: torch.Tensor, labels: torch.Tensor, recon_weight: float = 0.392,
-                   batch_size: int = 500, return_predictions: bool = False) -> dict:
+                   batch_size: int = 500, return_predictions: bool = False,
+                   transform=None) -> dict:
     """Loss parts and accuracy on uint8 images (N, C, H, W); the decoder is masked by the
-    prediction. With return_predictions, also 'predictions' (N,) and 'lengths' (N, classes)."""
+    prediction. With return_predictions, also 'predictions' (N,) and 'lengths' (N, classes).
+    ``transform`` (see eval_transform_of) maps each float batch in [0, 1] to the model's input."""
     model.eval()
     device = images.device
     totals = torch.zeros(4, device=device, dtype=torch.float64)
     preds, lengths = [], []
     for start in range(0, len(labels), batch_size):
         x = images[start:start + batch_size].float().div_(255)
+        if transform is not None:
+            x = transform(x)
         y = labels[start:start + batch_size]
         out = model(x)
         loss, margin, recon = loss_parts(out, x, y, recon_weight)
@@ -260,7 +270,8 @@ class Trainer:
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         return evaluate_model(self.model, images, labels, self.config.train.recon_weight,
-                              self.config.train.eval_batch_size)
+                              self.config.train.eval_batch_size,
+                              transform=eval_transform_of(self.augment))
 
     def _train_epoch(self, epoch: int, log: MetricsLog) -> dict:
         cfg = self.config
@@ -354,7 +365,11 @@ class Trainer:
         from ..data.augment import build_augment
         self.augment = build_augment(cfg.data.augment)
         self.model = create_model(cfg.model.name, **cfg.model.args).to(self.device)
-        check_compatible(self.model, self.train_x, torch.cat([self.train_y, self.val_y]),
+        # The model sees the images after the evaluation preprocessing (e.g. a centre crop).
+        transform = eval_transform_of(self.augment)
+        model_input = self.train_x[:1].float() / 255
+        model_input = transform(model_input) if transform is not None else model_input
+        check_compatible(self.model, model_input, torch.cat([self.train_y, self.val_y]),
                          cfg.data.dataset)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         steps = math.ceil(len(self.train_y) / cfg.train.batch_size)

@@ -1,0 +1,221 @@
+"""Import the Efficient-CapsNet authors' trained Keras weights (.h5) into an effcn model.
+
+    effcn import-keras efficient_capsnet_SMALLNORB.h5 --preset smallnorb --out runs/smallnorb_keras
+
+The authors' files (Keras 2.4, ``model.save_weights``) hold one group per sub-model: the capsule
+network (its ``weight_names`` attribute lists, in layer order, the stem's conv kernels/biases
+with their norm's weights, the primary capsules' grouped conv and ``digit_caps`` W and b) and
+the ``Generator`` (decoder: dense then convs). Tensors are matched by that order against the
+effcn model's own layers, and converted from Keras layouts:
+
+- conv kernels HWIO (kh, kw, in / groups, out) -> OIHW (out, in / groups, kh, kw); the primary
+  capsules' conv is a Keras Conv2D with ``groups=channels``, kernel (k, k, 1, C) -> (C, 1, k, k);
+- dense kernels (in, out) -> (out, in);
+- InstanceNorm gamma/beta and BatchNorm gamma/beta/moving mean/moving variance as they are;
+- digit_caps W (n_out, n_in, d_in, d_out) as it is; b (n_out, n_in, 1) -> (n_out, n_in).
+
+Every name kind and shape is checked before anything is written; a file that does not match the
+preset is refused with a CheckpointError naming the first mismatch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, EffcnError
+
+# preset name on the command line -> (registered model, dataset, data.augment, class names)
+PRESETS = {
+    "smallnorb": ("efficient_capsnet_smallnorb", "smallnorb", "smallnorb",
+                  ["animal", "human", "airplane", "truck", "car"]),
+    "mnist": ("efficient_capsnet_mnist", "mnist", "paper", [str(i) for i in range(10)]),
+}
+
+
+def _conv_kernel(k: np.ndarray) -> np.ndarray:
+    return k.transpose(3, 2, 0, 1)
+
+
+def _dense_kernel(k: np.ndarray) -> np.ndarray:
+    return k.T
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _squeeze_last(a: np.ndarray) -> np.ndarray:
+    return a[..., 0] if a.ndim and a.shape[-1] == 1 else a
+
+
+# One expected Keras tensor: (layer kind in its name, weight suffix, effcn parameter, converter).
+Slot = Tuple[str, str, str, object]
+
+
+def _module_slots(prefix: str, module: nn.Module) -> List[Slot]:
+    """The Keras tensors of one effcn layer, in Keras' order."""
+    if isinstance(module, nn.Conv2d):
+        return [("conv2d", "kernel", f"{prefix}.weight", _conv_kernel),
+                ("conv2d", "bias", f"{prefix}.bias", _same)]
+    if isinstance(module, nn.Linear):
+        return [("dense", "kernel", f"{prefix}.weight", _dense_kernel),
+                ("dense", "bias", f"{prefix}.bias", _same)]
+    if isinstance(module, nn.InstanceNorm2d):
+        return [("instance_normalization", "gamma", f"{prefix}.weight", _same),
+                ("instance_normalization", "beta", f"{prefix}.bias", _same)]
+    if isinstance(module, nn.BatchNorm2d):
+        return [("batch_normalization", "gamma", f"{prefix}.weight", _same),
+                ("batch_normalization", "beta", f"{prefix}.bias", _same),
+                ("batch_normalization", "moving_mean", f"{prefix}.running_mean", _same),
+                ("batch_normalization", "moving_variance", f"{prefix}.running_var", _same)]
+    return []
+
+
+def expected_slots(model: nn.Module) -> Tuple[List[Slot], List[Slot]]:
+    """(capsule network slots, generator slots) of an EfficientCapsNet, in Keras' order."""
+    caps: List[Slot] = []
+    for name, module in model.stem.named_children():
+        caps += _module_slots(f"stem.{name}", module)
+    caps += _module_slots("primary.conv", model.primary.conv)
+    caps += [("digit_caps", "W", "digit_caps.W", _same),
+             ("digit_caps", "b", "digit_caps.b", _squeeze_last)]
+    gen: List[Slot] = []
+    if model.decoder is not None:
+        for name, module in model.decoder.named_modules():
+            gen += _module_slots(f"decoder.{name}", module)
+    return caps, gen
+
+
+def _names(attr) -> List[str]:
+    """An HDF5 attribute holding names (bytes or str) as a list of str."""
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in attr]
+
+
+def _read_group(f, group_name: str, path: Path) -> List[Tuple[str, np.ndarray]]:
+    """[(weight name, array)] of a Keras weights group, in its ``weight_names`` order."""
+    group = f[group_name]
+    names = _names(group.attrs.get("weight_names", []))
+    out = []
+    for n in names:
+        if n not in group:
+            raise CheckpointError(f"{path} lists weight {group_name}/{n} but does not contain it; "
+                                  f"the file is damaged, download it again.")
+        out.append((n, np.asarray(group[n], dtype=np.float32)))
+    return out
+
+
+def _find_groups(f, path: Path):
+    """The (capsule network, generator) weight group names of a Keras weights file."""
+    with_weights = [n for n in _names(f.attrs.get("layer_names", []))
+                    if n in f and len(f[n].attrs.get("weight_names", []))]
+    caps = [n for n in with_weights
+            if any(w.startswith("digit_caps/") for w in _names(f[n].attrs["weight_names"]))]
+    if len(caps) != 1:
+        raise CheckpointError(f"{path} is not an Efficient-CapsNet Keras weights file (expected "
+                              f"one layer group holding digit_caps weights among "
+                              f"{', '.join(with_weights) or 'no groups'}); pass the authors' "
+                              f".h5 file of this preset.")
+    others = [n for n in with_weights if n != caps[0]]
+    return caps[0], (others[0] if len(others) == 1 else None), others
+
+
+def _match(slots: List[Slot], tensors, state: dict, group: str, path: Path, preset: str) -> dict:
+    if len(tensors) != len(slots):
+        raise CheckpointError(f"{path} group {group} holds {len(tensors)} tensors but the "
+                              f"{preset} preset expects {len(slots)}; this file belongs to "
+                              f"another model, use the preset it was trained with.")
+    mapped = {}
+    for (kind, suffix, target, convert), (name, array) in zip(slots, tensors):
+        layer, _, weight = name.rpartition("/")
+        weight = weight.split(":")[0]
+        layer_kind = layer.rstrip("0123456789").rstrip("_")
+        if layer_kind != kind or weight != suffix:
+            raise CheckpointError(f"{path} tensor {group}/{name} is not the expected {kind} "
+                                  f"{suffix} for {target}; this file belongs to another model, "
+                                  f"use the preset it was trained with.")
+        value = convert(array)
+        want = tuple(state[target].shape)
+        if tuple(value.shape) != want:
+            raise CheckpointError(f"{path} tensor {group}/{name} has shape {array.shape}, which "
+                                  f"gives {tuple(value.shape)} but {target} of the {preset} "
+                                  f"preset is {want}; use the preset this file was trained with.")
+        mapped[target] = (name, torch.from_numpy(np.ascontiguousarray(value)))
+    return mapped
+
+
+def import_keras_weights(path: str | Path, preset: str = "smallnorb"):
+    """Build the preset's model and load the .h5 file into it.
+
+    Returns (model, mapping): mapping is {effcn parameter: Keras tensor name} for every tensor.
+    """
+    path = Path(path)
+    if preset not in PRESETS:
+        raise EffcnError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    try:
+        import h5py
+    except ImportError:
+        raise EffcnError("importing Keras weights needs h5py; install it with "
+                         "pip install 'effcn[h5]'.") from None
+    if not path.is_file():
+        raise CheckpointError(f"Keras weights file {path} does not exist; pass the path of the "
+                              f"authors' .h5 file.")
+    from .models import create_model
+    model_name = PRESETS[preset][0]
+    model = create_model(model_name)
+    state = model.state_dict()
+    caps_slots, gen_slots = expected_slots(model)
+    try:
+        with h5py.File(path, "r") as f:
+            caps_group, gen_group, others = _find_groups(f, path)
+            mapped = _match(caps_slots, _read_group(f, caps_group, path), state, caps_group,
+                            path, preset)
+            if gen_slots:
+                if gen_group is None:
+                    raise CheckpointError(f"{path} has no single generator group (found "
+                                          f"{', '.join(others) or 'none'}) for the {preset} "
+                                          f"decoder; use the authors' full weights file.")
+                mapped.update(_match(gen_slots, _read_group(f, gen_group, path), state,
+                                     gen_group, path, preset))
+    except OSError as e:
+        raise CheckpointError(f"{path} is not a readable HDF5 file ({e}); pass the authors' "
+                              f"Keras .h5 weights file.") from None
+    for target, (_, tensor) in mapped.items():
+        state[target] = tensor
+    model.load_state_dict(state)
+    learnable = {n for n, _ in model.named_parameters()}
+    missing = sorted(learnable - set(mapped))
+    if missing:  # cannot happen for the registered presets; guards future layers
+        raise CheckpointError(f"{path} left {', '.join(missing)} of the {preset} preset unset.")
+    return model, {target: name for target, (name, _) in mapped.items()}
+
+
+def write_imported_run(model, preset: str, out_dir: str | Path, source: str | Path) -> Path:
+    """Save ``model`` as a normal effcn run folder (config.yaml + checkpoints/best.pt), so
+    ``effcn eval OUT`` and ``effcn predict OUT`` work; returns the checkpoint path."""
+    from .models import model_config_dict
+    from .training.checkpoint import atomic_write_text, save_checkpoint
+    from .training.config import Config
+    model_name, dataset, augment, classes = PRESETS[preset]
+    config = Config()
+    config.model.name = model_name
+    config.data.dataset = dataset
+    config.data.augment = augment
+    out = Path(out_dir)
+    ckpt = out / "checkpoints" / "best.pt"
+    save_checkpoint(ckpt, {"model_name": model_name, "model_config": model_config_dict(model),
+                           "model": model.state_dict(), "epoch": 0,
+                           "best": {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")},
+                           "config": config.to_dict(), "class_names": classes,
+                           "imported_from": str(source)})
+    try:
+        from .training.config import save_yaml
+        save_yaml(config.to_dict(), out / "config.yaml")
+    except EffcnError:  # pyyaml missing: the checkpoint alone is enough for eval/predict
+        import json
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
+    return ckpt
