@@ -1,4 +1,4 @@
-"""The ``effcn`` command line: train, eval, predict, datasets, models.
+"""The ``effcn`` command line: train, eval, predict, datasets, models, compare.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("compare", help="compare finished runs side by side in one table")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories created by effcn train")
+    p.add_argument("--markdown", metavar="OUT.md", help="also write the table as Markdown here")
+    p.add_argument("--device", help="where to time inference (default: each run's own device)")
+    p.add_argument("--batch-size", type=int, default=100, help="inference batch (default 100)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds, median taken (default 5)")
+    p.add_argument("--no-timing", action="store_true", help="skip the inference measurement")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -208,6 +217,22 @@ def cmd_models(args) -> int:
         m = create_model(name)
         print(f"{name:<32} {count_parameters(m):>10,} "
               f"{count_parameters(m, include_decoder=False):>12,}  {describe_model(name)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import describe_measurement, format_table, run_row
+    from .training.checkpoint import atomic_write_text
+    if args.batch_size < 1 or args.repeats < 1:
+        raise EffcnError("--batch-size and --repeats must be at least 1.")
+    rows = [run_row(r, device=args.device, measure=not args.no_timing,
+                    batch_size=args.batch_size, repeats=args.repeats) for r in args.runs]
+    note = describe_measurement(rows, args.batch_size, args.repeats)
+    print(format_table(rows))
+    print(note)
+    if args.markdown:
+        atomic_write_text(args.markdown, format_table(rows, markdown=True) + "\n\n" + note + "\n")
+        print(f"written: {args.markdown}")
     return 0
 
 
