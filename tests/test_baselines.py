@@ -176,8 +176,9 @@ def test_compare_table_and_markdown(two_runs, tmp_path, capsys):
     assert md[0].startswith("| run | model | parameters |") and len(md) >= 4
     cells = [c.strip() for c in md[3].strip("|").split("|")]
     assert cells[1] == "capsnet_tiny" and cells[2] == f"{summary['parameters']:,}"
-    assert cells[8] == f"{100 * summary['test_acc']:.2f}%" and cells[9] == "50.00%"
-    assert [c.strip() for c in md[2].strip("|").split("|")][9] == "—"  # CNN: no affNIST
+    assert cells[5] == f"{summary['train_images']:,}"
+    assert cells[9] == f"{100 * summary['test_acc']:.2f}%" and cells[10] == "50.00%"
+    assert [c.strip() for c in md[2].strip("|").split("|")][10] == "—"  # CNN: no affNIST
     row = run_row(cnn, measure=False)
     assert row["epochs"] == 2 and row["train_s_per_epoch"] > 0 and row["inference_images_per_s"] is None
 

@@ -1,6 +1,6 @@
 """Side-by-side comparison of finished runs: ``effcn compare RUN... [--markdown OUT.md]``.
 
-Per run: model, parameters, dataset, epochs, train seconds per epoch (mean of the epoch records
+Per run: model, parameters, dataset, epochs, training images per epoch, train seconds per epoch (mean of the epoch records
 in metrics.jsonl), inference images/s (measured here, now: see ``inference_images_per_s``),
 best validation accuracy, test accuracy, and affNIST accuracy where the run has been evaluated on
 it (an ``affnist_acc`` key in summary.json or in one of the run's eval_*.json files).
@@ -19,7 +19,7 @@ import torch
 from .errors import EffcnError
 
 COLUMNS = (("run", "run"), ("model", "model"), ("parameters", "parameters"),
-           ("dataset", "dataset"), ("epochs", "epochs"),
+           ("dataset", "dataset"), ("epochs", "epochs"), ("train_images", "train images"),
            ("train_s_per_epoch", "train s/epoch"), ("inference_images_per_s", "inference img/s"),
            ("val_acc", "val acc"), ("test_acc", "test acc"), ("affnist_acc", "affNIST acc"))
 
@@ -123,7 +123,7 @@ def _cell(key: str, value) -> str:
         return "—"
     if key in ("val_acc", "test_acc", "affnist_acc"):
         return f"{100 * value:.2f}%"
-    if key == "parameters":
+    if key in ("parameters", "train_images"):
         return f"{value:,}"
     if key == "train_s_per_epoch":
         return f"{value:.1f}"
