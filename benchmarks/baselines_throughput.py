@@ -1,6 +1,7 @@
 """Training and inference images/s of the three MNIST models, measured interleaved.
 
     PYTHONPATH=src python benchmarks/baselines_throughput.py [--rounds 3] [--seconds 8]
+    PYTHONPATH=src python benchmarks/baselines_throughput.py --profile-capsnet
 
 On a shared, busy machine absolute speeds drift minute to minute; timing the models in
 alternating rounds in one process makes their *ratios* comparable. Each model's best round (the
@@ -43,13 +44,45 @@ def timed(fn, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+@torch.inference_mode()
+def profile_capsnet(batch_size: int = 32, calls: int = 3) -> None:
+    """Seconds per eval-mode forward of each CapsNet stage (best of ``calls``)."""
+    model = create_model("capsnet_mnist").eval()
+    x = torch.rand(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    h = model.conv(x)
+    p = model.primary(h)
+    u_hat = model.digit_caps.predictions(p)
+    v = model.digit_caps.route(u_hat)[0]
+    stages = {"conv 9x9/256": (model.conv, x), "primary caps conv": (model.primary, h),
+              "predictions u_hat": (model.digit_caps.predictions, p),
+              "routing (3 iterations)": (model.digit_caps.route, u_hat),
+              "decoder": (model.reconstruct, v)}
+    times = {}
+    for name, (fn, arg) in stages.items():
+        fn(arg)
+        best = float("inf")
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn(arg)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    total = sum(times.values())
+    print(f"CapsNet forward, batch {batch_size}, {torch.get_num_threads()} threads (best of {calls}):")
+    for name, t in times.items():
+        print(f"  {name:<24} {t:.3f} s  {100 * t / total:4.1f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="per model, phase and round")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-batch-size", type=int, default=100)
+    ap.add_argument("--profile-capsnet", action="store_true",
+                    help="only time the stages of one CapsNet forward")
     args = ap.parse_args()
+    if args.profile_capsnet:
+        return profile_capsnet()
     torch.manual_seed(0)
     data = images(1024)
     labels = torch.randint(0, 10, (len(data),), generator=torch.Generator().manual_seed(0))
