@@ -161,6 +161,8 @@ def test_baselines_train_eval_and_predict(two_runs, tmp_path, capsys):
     assert main(["predict", str(cnn), str(img), "--json"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(row["lengths"]) == 10 and sum(row["lengths"]) == pytest.approx(1, abs=1e-3)
+    assert main(["predict", str(cnn), str(img)]) == 0
+    assert "(score " in capsys.readouterr().out  # the CNN has no capsule lengths
 
 
 def test_compare_table_and_markdown(two_runs, tmp_path, capsys):

@@ -187,13 +187,15 @@ def cmd_predict(args) -> int:
                          for p in args.images])
     with torch.no_grad():
         lengths = model(batch).lengths
+    # capsule models score classes by capsule length; the baseline CNN by probability/score
+    word = "length" if getattr(model, "has_capsules", True) else "score"
     for path, row in zip(args.images, lengths.tolist()):
         pred = max(range(len(row)), key=row.__getitem__)
         if args.json:
             print(json.dumps({"image": path, "class": pred, "name": names[pred],
                               "lengths": [round(v, 4) for v in row]}))
         else:
-            print(f"{path}: class {names[pred]} (length {row[pred]:.3f})  lengths: "
+            print(f"{path}: class {names[pred]} ({word} {row[pred]:.3f})  {word}s: "
                   + " ".join(f"{v:.3f}" for v in row))
     return 0
 
