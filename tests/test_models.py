@@ -24,6 +24,12 @@ def test_forward_every_model(name):
     x = torch.rand(3, cfg.in_channels, cfg.image_size, cfg.image_size)
     y = torch.tensor([0, 1, 2])
     out = model(x, y, return_routing=True)
+    if not model.has_capsules:  # the baseline CNN: class scores only
+        assert out.lengths.shape == (3, cfg.num_classes) and torch.isfinite(out.lengths).all()
+        assert out.capsules is None and out.reconstruction is None and out.routing is None
+        out.lengths.sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+        return
     assert out.capsules.shape == (3, cfg.num_classes, cfg.caps_dim)
     assert out.lengths.shape == (3, cfg.num_classes)
     assert ((out.lengths >= 0) & (out.lengths <= 1 + 1e-6)).all()

@@ -114,6 +114,50 @@ class SelfAttentionRouting(nn.Module):
         return v
 
 
+class DynamicRouting(nn.Module):
+    """Fully connected capsule layer with routing-by-agreement (Sabour, Frosst, Hinton 2017).
+
+    u_hat[j,i] = u_i W[j,i];  logits b[j,i] start at 0; then ``iterations`` times:
+    c = softmax over j (output capsules) of b;  v_j = squash_hinton(sum_i c[j,i] u_hat[j,i]);
+    b[j,i] += <u_hat[j,i], v_j>  (this update is skipped after the last iteration: unused).
+
+    ``iterations`` counts as in the paper's Procedure 1 (r = 3 there): r iterations make r - 1
+    agreement updates, so ``iterations=1`` keeps the uniform coupling c = 1/n_out. Input
+    (B, n_in, d_in) -> output (B, n_out, d_out); with return_routing also the final coupling c
+    and logits b, both (B, n_out, n_in), as SelfAttentionRouting returns (c, A).
+    """
+
+    def __init__(self, n_in: int, d_in: int, n_out: int, d_out: int, iterations: int = 3):
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"routing iterations must be at least 1 (1 = uniform coupling), "
+                             f"got {iterations}")
+        self.n_in, self.d_in, self.n_out, self.d_out = n_in, d_in, n_out, d_out
+        self.iterations = iterations
+        self.W = nn.Parameter(torch.empty(n_out, n_in, d_in, d_out))
+        nn.init.normal_(self.W, std=0.01)  # a small Gaussian, as common CapsNet ports use
+
+    def predictions(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, n_in, d_in) -> u_hat (B, n_out, n_in, d_out)."""
+        return torch.einsum("bid,jide->bjie", u, self.W)
+
+    def route(self, u_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """u_hat (B, n_out, n_in, d_out) -> (v (B, n_out, d_out), c, logits (B, n_out, n_in))."""
+        logits = u_hat.new_zeros(u_hat.shape[:3])
+        for it in range(self.iterations):
+            c = torch.softmax(logits, dim=1)
+            v = squash_hinton(torch.einsum("bji,bjie->bje", c, u_hat))
+            if it < self.iterations - 1:
+                logits = logits + torch.einsum("bjie,bje->bji", u_hat, v)
+        return v, c, logits
+
+    def forward(self, u: torch.Tensor, return_routing: bool = False):
+        v, c, logits = self.route(self.predictions(u))
+        if return_routing:
+            return v, c, logits
+        return v
+
+
 def margin_loss(lengths: torch.Tensor, targets: torch.Tensor, m_plus: float = 0.9,
                 m_minus: float = 0.1, lam: float = 0.5) -> torch.Tensor:
     """Margin loss, summed over classes and averaged over the batch.

@@ -1,4 +1,5 @@
-"""The ``effcn`` command line: train, eval, predict, datasets, models, visualize, runs.
+"""The ``effcn`` command line: train, eval, predict, datasets, models, visualize, runs, compare,
+sweep, import-keras.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -82,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="runs", help="folder holding runs (default runs/)")
     p.add_argument("--json", action="store_true", help="print one JSON object per run")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("compare", help="compare finished runs side by side in one table")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories created by effcn train")
+    p.add_argument("--markdown", metavar="OUT.md", help="also write the table as Markdown here")
+    p.add_argument("--device", help="where to time inference (default: each run's own device)")
+    p.add_argument("--batch-size", type=int, default=100, help="inference batch (default 100)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds, median taken (default 5)")
+    p.add_argument("--no-timing", action="store_true", help="skip the inference measurement")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -215,13 +225,15 @@ def cmd_predict(args) -> int:
                          for p in args.images])
     with torch.no_grad():
         lengths = model(batch).lengths
+    # capsule models score classes by capsule length; the baseline CNN by probability/score
+    word = "length" if getattr(model, "has_capsules", True) else "score"
     for path, row in zip(args.images, lengths.tolist()):
         pred = max(range(len(row)), key=row.__getitem__)
         if args.json:
             print(json.dumps({"image": path, "class": pred, "name": names[pred],
                               "lengths": [round(v, 4) for v in row]}))
         else:
-            print(f"{path}: class {names[pred]} (length {row[pred]:.3f})  lengths: "
+            print(f"{path}: class {names[pred]} ({word} {row[pred]:.3f})  {word}s: "
                   + " ".join(f"{v:.3f}" for v in row))
     return 0
 
@@ -291,6 +303,22 @@ def cmd_runs(args) -> int:
         print(f"no runs under {args.dir}")
     else:
         print(format_table(rows))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import describe_measurement, format_table, run_row
+    from .training.checkpoint import atomic_write_text
+    if args.batch_size < 1 or args.repeats < 1:
+        raise EffcnError("--batch-size and --repeats must be at least 1.")
+    rows = [run_row(r, device=args.device, measure=not args.no_timing,
+                    batch_size=args.batch_size, repeats=args.repeats) for r in args.runs]
+    note = describe_measurement(rows, args.batch_size, args.repeats)
+    print(format_table(rows))
+    print(note)
+    if args.markdown:
+        atomic_write_text(args.markdown, format_table(rows, markdown=True) + "\n\n" + note + "\n")
+        print(f"written: {args.markdown}")
     return 0
 
 

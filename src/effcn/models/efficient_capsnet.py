@@ -152,6 +152,8 @@ class ConvDecoder(nn.Module):
 class EfficientCapsNet(nn.Module):
     """Efficient-CapsNet; see the module docstring for the layer stack."""
 
+    has_capsules = True
+
     def __init__(self, config: EfficientCapsNetConfig):
         super().__init__()
         self.config = config

@@ -89,9 +89,16 @@ def eval_transform_of(augment):
     return getattr(augment, "eval_transform", None)
 
 
-def loss_parts(out, images: torch.Tensor, labels: torch.Tensor, recon_weight: float):
-    """(total, margin, reconstruction) losses of a forward result on float images."""
-    margin = margin_loss(out.lengths, labels)
+def loss_parts(out, images: torch.Tensor, labels: torch.Tensor, recon_weight: float,
+               model=None):
+    """(total, margin, reconstruction) losses of a forward result on float images.
+
+    A model with a ``classification_loss(out, labels)`` method (the baseline CNN: cross-entropy)
+    supplies the classification part in place of the margin loss; it is still reported as
+    'margin' so every run's metrics have the same keys.
+    """
+    hook = getattr(model, "classification_loss", None)
+    margin = hook(out, labels) if hook is not None else margin_loss(out.lengths, labels)
     if out.reconstruction is None or recon_weight == 0:
         recon = torch.zeros((), device=margin.device)
     else:
@@ -116,7 +123,7 @@ def evaluate_model(model, images: torch.Tensor, labels: torch.Tensor, recon_weig
             x = transform(x)
         y = labels[start:start + batch_size]
         out = model(x)
-        loss, margin, recon = loss_parts(out, x, y, recon_weight)
+        loss, margin, recon = loss_parts(out, x, y, recon_weight, model)
         pred = out.lengths.argmax(1)
         n = len(y)
         totals += torch.stack([loss * n, margin * n, recon * n, (pred == y).sum()]).double()
@@ -266,7 +273,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def _loss(self, out, images, labels):
-        return loss_parts(out, images, labels, self.config.train.recon_weight)
+        return loss_parts(out, images, labels, self.config.train.recon_weight, self.model)
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         return evaluate_model(self.model, images, labels, self.config.train.recon_weight,

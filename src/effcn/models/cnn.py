@@ -1,0 +1,109 @@
+"""The baseline CNN: two conv + max-pool blocks and one linear layer (no capsules).
+
+    image (B, C, 28, 28)
+      -> Conv 5x5 'same', 16, ReLU, MaxPool 2                         (B, 16, 14, 14)
+      -> Conv 5x5 'same', 32, ReLU, MaxPool 2                         (B, 32, 7, 7)
+      -> Linear 32*7*7 -> n_classes                                   logits (B, n_classes)
+
+MNIST preset: 28,938 parameters, the CNN of an earlier PyTorch port (reported 99.3% on MNIST,
+trained with cross-entropy). The forward returns a CapsNetOutput so the same trainer, eval and
+predict work: ``lengths`` holds class *probabilities* (softmax) with loss="cross_entropy", or
+independent *sigmoid scores* with loss="margin"; there are no capsules, no decoder, no routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..capsules import margin_loss
+from .efficient_capsnet import CapsNetOutput
+from .registry import register_model
+
+
+@dataclass
+class CNNConfig:
+    """Everything needed to build the network; stored in every checkpoint."""
+    image_size: int = 28                # square inputs, pixels
+    in_channels: int = 1
+    num_classes: int = 10
+    channels: tuple = (16, 32)          # one conv 'same' + ReLU + max-pool 2 block per entry
+    kernel_size: int = 5
+    loss: str = "cross_entropy"         # cross_entropy (softmax scores) | margin (sigmoid scores)
+
+    def __post_init__(self):
+        self.channels = tuple(int(v) for v in self.channels)
+        if self.loss not in ("cross_entropy", "margin"):
+            raise ValueError(f"loss must be one of ('cross_entropy', 'margin'), got {self.loss!r}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {self.kernel_size}")
+        if self.feature_side() < 1:
+            raise ValueError(f"image_size {self.image_size} is too small for "
+                             f"{len(self.channels)} max-pool blocks")
+
+    def feature_side(self) -> int:
+        side = self.image_size
+        for _ in self.channels:
+            side //= 2
+        return side
+
+
+class BaselineCNN(nn.Module):
+    """See the module docstring. ``has_capsules = False``: capsule figures say so."""
+
+    has_capsules = False
+
+    def __init__(self, config: CNNConfig):
+        super().__init__()
+        self.config = c = config
+        layers, width = [], c.in_channels
+        for out_ch in c.channels:
+            layers += [nn.Conv2d(width, out_ch, c.kernel_size, padding=c.kernel_size // 2),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            width = out_ch
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * c.feature_side() ** 2, c.num_classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) in [0, 1] -> unnormalised class scores (B, n_classes)."""
+        return self.classifier(self.features(x).flatten(1))
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                return_routing: bool = False) -> CapsNetOutput:
+        """x (B, C, H, W) -> CapsNetOutput with ``lengths`` = softmax probabilities
+        (cross_entropy) or sigmoid scores (margin), (B, n_classes); every other field is None.
+        ``labels`` and ``return_routing`` are accepted for the common call shape and unused."""
+        z = self.logits(x)
+        scores = torch.softmax(z, dim=1) if self.config.loss == "cross_entropy" else torch.sigmoid(z)
+        return CapsNetOutput(None, scores, None, None, None)
+
+    def classification_loss(self, out: CapsNetOutput, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss on ``out.lengths``: cross-entropy of the softmax probabilities, or
+        the margin loss on the sigmoid scores. targets (B,) labels or (B, n_classes) multi-hot
+        (then the cross-entropy target is uniform over the true classes)."""
+        if self.config.loss == "margin":
+            return margin_loss(out.lengths, targets)
+        log_p = torch.log(out.lengths.clamp_min(torch.finfo(out.lengths.dtype).tiny))
+        if targets.dim() == 1:
+            return F.nll_loss(log_p, targets)
+        t = targets.to(log_p.dtype)
+        return -(t / t.sum(1, keepdim=True) * log_p).sum(1).mean()
+
+
+def mnist_config() -> CNNConfig:
+    return CNNConfig()
+
+
+def tiny_config() -> CNNConfig:
+    return CNNConfig(channels=(4, 8))
+
+
+register_model("cnn_baseline_mnist", BaselineCNN, mnist_config,
+               "Baseline CNN, MNIST: 2x (conv 5x5 + max-pool), 16/32 channels, linear; "
+               "cross-entropy (28,938 params)")
+register_model("cnn_baseline_tiny", BaselineCNN, tiny_config,
+               "A tiny baseline CNN for tests and smoke runs")
