@@ -68,6 +68,12 @@ class TrainSection:
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
     log_every: int = 50                     # batches between metric flushes / progress updates
     progress: bool = True                   # progress bar (tqdm when installed)
+    # The fast path (training/fastpath.py; measured in BENCHMARKS.md):
+    amp: str = "auto"                       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | off
+    channels_last: bool = False             # NHWC layout of weights and inputs
+    compile: bool = False                   # torch.compile the model (falls back to eager)
+    compile_mode: str = "default"           # default | reduce-overhead (CUDA graphs) | max-autotune
+    sync_batchnorm: bool = False            # under torchrun on CUDA: BN statistics of the global batch
 
 
 @dataclass
@@ -92,6 +98,8 @@ class Config:
 CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
     "schedule.name": ("exp_decay", "constant", "step", "cosine", "onecycle", "plateau"),
+    "train.amp": ("auto", "bf16", "off"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_size",
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor")
