@@ -94,7 +94,9 @@ def cmd_train(args) -> int:
         name = Path(args.config).stem if args.config else "run"
         trainer = Trainer(config, config_name=name, quiet=args.quiet)
     summary = trainer.fit()
-    print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc", "test_acc")}))
+    if trainer.is_main:  # under torchrun: one line, not one per process
+        print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc",
+                                                  "test_acc")}))
     return 0
 
 
