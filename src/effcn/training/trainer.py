@@ -128,10 +128,10 @@ def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
     o = config.optim
     if o.name == "adam":
         return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                weight_decay=o.weight_decay)
+                                weight_decay=o.weight_decay, fused=o.fused)
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                 weight_decay=o.weight_decay)
+                                 weight_decay=o.weight_decay, fused=o.fused)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
