@@ -75,7 +75,7 @@ def test_bf16_forward_gives_fp32_outputs_close_to_fp32_and_fp32_gradients():
     ref = fastpath.forward(model, x, y, None)
     out = fastpath.forward(model, x, y, torch.bfloat16)
     assert out.lengths.dtype == torch.float32 and out.reconstruction.dtype == torch.float32
-    assert (out.lengths - ref.lengths).abs().max() < 0.05   # bf16: ~3 significant digits
+    assert (out.lengths - ref.lengths).abs().max() < 0.01   # bf16 convs, fp32 capsule math
     assert not torch.equal(out.lengths, ref.lengths)         # autocast really ran in bf16
     loss_parts(out, x, y, 0.392)[0].backward()
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
