@@ -19,7 +19,9 @@ import torch
 
 from effcn.training.checkpoint import load_checkpoint
 from effcn.training.config import load_config
-from effcn.training.distributed import DistInfo, shard, steps_per_epoch
+from effcn.errors import ConfigError
+from effcn.models import create_model
+from effcn.training.distributed import DistInfo, shard, steps_per_epoch, wrap
 from effcn.training.metrics import read_metrics
 from effcn.training.trainer import Trainer
 
@@ -61,6 +63,12 @@ def _one_process(root, out, name, extra=()):
     return out / name
 
 
+def test_sync_batchnorm_on_cpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        wrap(create_model("efficient_capsnet_tiny"), DistInfo(0, 2), torch.device("cpu"),
+             sync_batchnorm=True)
+
+
 @pytest.fixture(scope="module")
 def two_and_one(synthetic_root, tmp_path_factory):
     """The same config trained by torchrun with 2 processes and in-process with 1."""
@@ -95,3 +103,16 @@ def test_rank_zero_writes_everything_once(two_and_one):
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert (two / "summary.json").is_file()
     assert proc.stdout.count('"test_acc"') == 1               # the CLI prints on rank 0 only
+
+
+@pytest.mark.slow  # two more runs (~1 min on a busy 2-core CPU)
+def test_batchnorm_two_processes_are_closer_to_one_than_half_the_batch(synthetic_root, tmp_path):
+    # BatchNorm: each process normalises its half with its own statistics, so the runs differ
+    # by more than rounding; they must still be closer than a run that sees half the batch.
+    plain = ["data.augment=none"]
+    proc = _torchrun(quick_overrides(synthetic_root, tmp_path, epochs=2, name="two") + plain)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = _one_process(synthetic_root, tmp_path, "one", plain)
+    half = _one_process(synthetic_root, tmp_path, "half", plain + ["train.batch_size=16"])
+    two_diff = _max_diff(_weights(tmp_path / "two"), _weights(one))
+    assert two_diff < _max_diff(_weights(half), _weights(one))

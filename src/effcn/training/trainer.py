@@ -301,7 +301,7 @@ class Trainer:
             correct = (out.lengths.argmax(1) == y).sum()
             row = torch.stack([loss.detach(), margin.detach(), recon.detach(),
                                correct / len(y)]).double()
-            sums += torch.cat([row * len(y), row.new_ones(1) * len(y)])
+            sums += torch.cat([row * len(y), row.new_tensor([len(y)])])
             pending.append((step, lr, row))
             if len(pending) == cfg.train.log_every or step == steps - 1:
                 self._flush(log, epoch, pending, bar)
@@ -311,7 +311,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         seen = sums[4].item()
-        t = (sums[:4] / seen).tolist()
+        t = (sums[:4] / sums[4].clamp(min=1)).tolist()
         return {"train_loss": t[0], "train_margin": t[1], "train_recon": t[2], "train_acc": t[3],
                 "epoch_seconds": seconds, "train_images_per_s": seen / seconds}
 
