@@ -2,11 +2,13 @@
 
     PYTHONPATH=src python benchmarks/compare.py --batch-size 16 --rounds 7 --threads 1
 
-Every round times each contender in turn (A B C ..., A B C ..., so a load change on a shared
-machine hits all of them alike): ``--steps`` training batches with the paper's augmentation, then
-evaluation of ``--eval-images`` images at the same batch size. Prints the median, min and max
-images/s per contender and the ratio of each to the reference (ratio of medians, and the median
-of the per-round ratios). ``--variants`` adds effcn with one switch changed, to measure what each
+The contenders take turns batch by batch (A B C A B C ..., the order rotated every round), so a
+load change on a shared machine hits all of them alike. A round is ``--steps`` training batches
+per contender with the paper's augmentation, then ``--eval-images`` images of evaluation per
+contender at the same batch size, in turns of ``--eval-chunk`` images. A contender's images/s in
+a round is its images over the sum of its own turns' times. Prints the median, min and max over
+rounds per contender and its ratio to the reference: the median of the per-round ratios (robust
+to the load drifting between rounds) and the ratio of the medians. ``--variants`` adds effcn with one switch changed, to measure what each
 switch buys. Synthetic data (effcn.bench.synthetic_images); no dataset needed.
 """
 
@@ -53,15 +55,16 @@ class Reference:
         self.c.evaluate(4 * self.args.batch_size)
 
     def train(self):
+        """Seconds of one training batch."""
         t0 = time.perf_counter()
-        for _ in range(self.args.steps):
-            self.c.train_step()
-        return self.args.steps * self.args.batch_size / (time.perf_counter() - t0)
+        self.c.train_step()
+        return time.perf_counter() - t0
 
     def eval(self):
+        """Seconds to evaluate --eval-chunk images."""
         t0 = time.perf_counter()
-        self.c.evaluate(self.args.eval_images)
-        return self.args.eval_images / (time.perf_counter() - t0)
+        self.c.evaluate(self.args.eval_chunk)
+        return time.perf_counter() - t0
 
 
 class Effcn:
@@ -76,10 +79,10 @@ class Effcn:
         self.c.warm_up()
 
     def train(self):
-        return self.c.train_images_per_s(self.args.steps)
+        return self.args.batch_size / self.c.train_images_per_s(1)
 
     def eval(self):
-        return self.c.eval_images_per_s(self.args.eval_images)
+        return self.args.eval_chunk / self.c.eval_images_per_s(self.args.eval_chunk)
 
 
 def same_function(effcn_contender, reference) -> float:
@@ -102,7 +105,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=20, help="training batches per round")
-    p.add_argument("--eval-images", type=int, default=1000)
+    p.add_argument("--eval-images", type=int, default=1000, help="per contender and round")
+    p.add_argument("--eval-chunk", type=int, default=64, help="images per evaluation turn")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--workers", type=int, default=0, help="reference DataLoader workers")
@@ -122,18 +126,29 @@ def main(argv=None):
         c.warm_up()
     results = {c.name: {"train": [], "eval": []} for c in contenders}
     for r in range(args.rounds):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        seconds = {c.name: {"train": 0.0, "eval": 0.0} for c in contenders}
+        for _ in range(args.steps):
+            for c in order:
+                seconds[c.name]["train"] += c.train()
+        for _ in range(max(args.eval_images // args.eval_chunk, 1)):
+            for c in order:
+                seconds[c.name]["eval"] += c.eval()
         for c in contenders:
-            results[c.name]["train"].append(c.train())
-        for c in contenders:
-            results[c.name]["eval"].append(c.eval())
+            results[c.name]["train"].append(args.steps * args.batch_size /
+                                            seconds[c.name]["train"])
+            results[c.name]["eval"].append(max(args.eval_images // args.eval_chunk, 1) *
+                                           args.eval_chunk / seconds[c.name]["eval"])
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(
             f"{c.name} {results[c.name]['train'][-1]:.0f}/{results[c.name]['eval'][-1]:.0f}"
             for c in contenders), flush=True)
     print(f"\nbatch {args.batch_size}, {args.rounds} rounds of {args.steps} training batches "
-          f"(paper augmentation) and {args.eval_images} evaluation images, threads "
+          f"(paper augmentation) and {args.eval_images} evaluation images per contender, "
+          f"taking turns batch by batch, threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"{'contender':16s}{'train img/s: median':>20s}{'min':>7s}{'max':>7s}{'x ref':>8s}"
-          f"{'eval img/s: median':>20s}{'min':>7s}{'max':>7s}{'x ref':>8s}")
+    print(f"{'contender':16s}{'train img/s: median':>20s}{'min':>7s}{'max':>7s}{'x ref':>7s}"
+          f"{'(medians)':>10s}{'eval img/s: median':>20s}{'min':>7s}{'max':>7s}{'x ref':>7s}"
+          f"{'(medians)':>10s}")
     table = {}
     ref = results["reference"]
     for name, res in results.items():
@@ -146,7 +161,7 @@ def main(argv=None):
             s["median_round_ratio"] = statistics.median(per_round)
             row[kind] = s
             line += (f"{s['median']:>20.0f}{s['min']:>7.0f}{s['max']:>7.0f}"
-                     f"{s['ratio_of_medians']:>8.2f}")
+                     f"{s['median_round_ratio']:>7.2f}{s['ratio_of_medians']:>10.2f}")
         table[name] = row
         print(line)
     if args.json:
