@@ -33,11 +33,10 @@ from effcn.bench import BenchSettings, EffcnContender, synthetic_images  # noqa:
 VARIANTS = {  # name -> BenchSettings changes from effcn's defaults
     "effcn": {},
     "plain-primary": {"product_primary": False},
-    "channels-last": {"channels_last": True},
+    "contiguous": {"channels_last": False},
     "bf16": {"amp": True},
     "compile": {"compile": True},
     "loop-adam": {"fused_adam": False},
-    "cl+bf16": {"channels_last": True, "amp": True},
 }
 
 

@@ -113,6 +113,7 @@ def test_trainer_runs_the_fast_path_and_saves_plain_fp32_weights(synthetic_root,
     trainer = Trainer(load_config(None, overrides), quiet=True)
     summary = trainer.fit()
     assert trainer.amp_dtype is torch.bfloat16
+    assert trainer.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert isinstance(trainer.optimizer, torch.optim.Adam)
     assert trainer.optimizer.defaults["fused"] is True
     model, state = model_from_checkpoint(tmp_path / "fast" / "checkpoints" / "best.pt")
@@ -134,9 +135,9 @@ def test_run_bench_reports_medians_and_epoch_seconds():
 def test_bench_cli(capsys):
     assert main(["bench", "--model", "efficient_capsnet_tiny", "--batch-size", "4", "--steps",
                  "1", "--repeats", "1", "--warmup", "1", "--eval-images", "8", "--device",
-                 "cpu", "--amp", "--channels-last", "--json"]) == 0
+                 "cpu", "--amp", "--no-channels-last", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["settings"]["amp"] and result["settings"]["channels_last"]
+    assert result["settings"]["amp"] and not result["settings"]["channels_last"]
     assert main(["bench", "--model", "no_such_model"]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert main(["bench", "--model", "efficient_capsnet_tiny", "--batch-size", "0"]) == 2

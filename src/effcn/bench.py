@@ -28,7 +28,7 @@ class BenchSettings:
     eval_batch_size: int = 0          # 0: the training batch size
     device: str = "cpu"
     amp: bool = False                 # bf16 autocast
-    channels_last: bool = False
+    channels_last: bool = True        # train.channels_last
     compile: bool = False
     compile_mode: str = "default"
     product_primary: bool = True      # PrimaryCaps.full_map_product

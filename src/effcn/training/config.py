@@ -71,7 +71,7 @@ class TrainSection:
     progress: bool = True                   # progress bar (tqdm when installed)
     # The fast path (training/fastpath.py; measured in BENCHMARKS.md):
     amp: str = "auto"                       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | off
-    channels_last: bool = False             # NHWC layout of weights and inputs
+    channels_last: bool = True              # NHWC layout of weights and inputs
     compile: bool = False                   # torch.compile the model (falls back to eager)
     compile_mode: str = "default"           # default | reduce-overhead (CUDA graphs) | max-autotune
     sync_batchnorm: bool = False            # under torchrun on CUDA: BN statistics of the global batch
