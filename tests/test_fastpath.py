@@ -55,6 +55,9 @@ def test_product_path_is_only_taken_when_the_kernel_covers_the_map():
     mnist.primary.conv.register_forward_hook(lambda *a: calls.append(2))
     mnist(torch.rand(1, 1, 28, 28))
     assert calls == [1]  # the conv module was not called: the product ran instead
+    fastpath.prepare_model(mnist, channels_last=True)  # NHWC: the conv is as fast, so it runs
+    mnist(torch.rand(2, 1, 28, 28))
+    assert calls == [1, 2]
 
 
 def test_amp_setting_resolves_per_device():
