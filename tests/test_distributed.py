@@ -27,7 +27,9 @@ from effcn.training.trainer import Trainer
 
 from conftest import REPO, quick_overrides
 
-EXACT = ["data.augment=none", "model.args.norm=instance"]
+# NCHW: oneDNN's channels_last kernels round differently at batch 16 and 32, and 14 Adam steps
+# magnify that to ~2e-3 (as much as switching the layout alone moves these weights, measured).
+EXACT = ["data.augment=none", "model.args.norm=instance", "train.channels_last=false"]
 
 
 def _torchrun(overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
