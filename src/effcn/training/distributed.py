@@ -27,6 +27,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False          # init() created the process group (shutdown() ends it)
 
     @property
     def enabled(self) -> bool:
@@ -41,7 +42,7 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init(device: torch.device, timeout_s: float = 600) -> tuple[DistInfo, torch.device]:
+def init(device: torch.device, timeout_s: float = 1800) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA).
 
     Returns the rank info and this process's device (cuda:LOCAL_RANK under CUDA). Outside
@@ -61,11 +62,13 @@ def init(device: torch.device, timeout_s: float = 600) -> tuple[DistInfo, torch.
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=timeout_s))
+        info = DistInfo(info.rank, info.world_size, info.local_rank, owns_group=True)
     return info, device
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
+def shutdown(info: DistInfo) -> None:
+    """End the process group if init() created it (one set up by the caller is left alone)."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -410,7 +410,9 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
                 lr = self.optimizer.param_groups[0]["lr"]
                 train = self._train_epoch(epoch, log)
-                distributed.broadcast_buffers(self.model, self.dist)  # one model on every process
+                # One model on every process: each then validates on the whole split and
+                # reaches the same best-epoch decision (duplicated work, no extra exchange).
+                distributed.broadcast_buffers(self.model, self.dist)
                 val = {f"val_{k}": v for k, v in self.evaluate(self.val_x, self.val_y).items()}
                 record = {"kind": "epoch", "epoch": epoch, "lr": lr, **train, **val}
                 improved = (val["val_acc"], -val["val_loss"]) > (self.best["val_acc"],
@@ -441,7 +443,7 @@ class Trainer:
             summary = self.finish(train_seconds) if self.is_main else None
             return distributed.broadcast_object(summary, self.dist)
         finally:
-            distributed.shutdown()
+            distributed.shutdown(self.dist)
 
     def finish(self, train_seconds: float) -> dict:
         """Evaluate the best-validation weights on the test split and write summary.json."""
