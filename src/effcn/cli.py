@@ -92,6 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds, median taken (default 5)")
     p.add_argument("--no-timing", action="store_true", help="skip the inference measurement")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench", help="training and evaluation images/s of a model on this machine")
+    p.add_argument("--model", default="efficient_capsnet_mnist", help="a registered model")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eval-batch-size", type=int, default=0, help="default: --batch-size")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC layout (default on, as train.channels_last)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--plain-primary", action="store_true",
+                   help="primary capsules as a depthwise conv (not the product-and-sum)")
+    p.add_argument("--augment", default="paper", help="paper | none | rotate+erase ...")
+    p.add_argument("--steps", type=int, default=20, help="training batches per repeat")
+    p.add_argument("--eval-images", type=int, default=2000, help="images per eval repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="training batches before timing")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -132,7 +154,9 @@ def cmd_train(args) -> int:
         name = Path(args.config).stem if args.config else "run"
         trainer = Trainer(config, config_name=name, quiet=args.quiet)
     summary = trainer.fit()
-    print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc", "test_acc")}))
+    if trainer.is_main:  # under torchrun: one line, not one per process
+        print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc",
+                                                  "test_acc")}))
     return 0
 
 
@@ -319,6 +343,31 @@ def cmd_compare(args) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, format_table(rows, markdown=True) + "\n\n" + note + "\n")
         print(f"written: {args.markdown}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from .bench import BenchSettings, format_report, run_bench
+    from .models import list_models
+    if args.model not in list_models():
+        raise EffcnError(f"unknown model {args.model!r}; choose one of "
+                         f"{', '.join(list_models())} (effcn models).")
+    for name in ("batch_size", "steps", "repeats", "eval_images"):
+        if getattr(args, name) < 1:
+            raise EffcnError(f"--{name.replace('_', '-')} must be at least 1, got "
+                             f"{getattr(args, name)}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchSettings(
+        model=args.model, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        device=args.device, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile, compile_mode=args.compile_mode,
+        product_primary=not args.plain_primary, augment=args.augment, steps=args.steps,
+        eval_images=args.eval_images, repeats=args.repeats, warmup=max(args.warmup, 0))
+    result = run_bench(settings)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 

@@ -42,6 +42,7 @@ class OptimSection:
     momentum: float = 0.9                   # sgd only
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-7                       # Keras' Adam default (PyTorch's is 1e-8)
+    fused: bool = True                      # adam/adamw: one fused kernel per step (5x faster on CPU)
 
 
 @dataclass
@@ -69,6 +70,12 @@ class TrainSection:
     log_every: int = 50                     # batches between metric flushes / progress updates
     progress: bool = True                   # progress bar (tqdm when installed)
     skip_nonfinite: bool = False            # skip steps with NaN/inf loss instead of stopping
+    # The fast path (training/fastpath.py; measured in BENCHMARKS.md):
+    amp: str = "auto"                       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | off
+    channels_last: bool = True              # NHWC layout of weights and inputs
+    compile: bool = False                   # torch.compile the model (falls back to eager)
+    compile_mode: str = "default"           # default | reduce-overhead (CUDA graphs) | max-autotune
+    sync_batchnorm: bool = False            # under torchrun on CUDA: BN statistics of the global batch
 
 
 @dataclass
@@ -96,6 +103,8 @@ class Config:
 CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
     "schedule.name": ("exp_decay", "constant", "step", "cosine", "onecycle", "plateau"),
+    "train.amp": ("auto", "bf16", "off"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_size",
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor")

@@ -27,6 +27,7 @@ from ..capsules import margin_loss, reconstruction_loss
 from ..errors import ConfigError, EffcnError
 from ..models import create_model, model_config_dict
 from ..models.efficient_capsnet import count_parameters
+from . import distributed, fastpath
 from .checkpoint import (atomic_write_text, load_checkpoint, load_model_weights, save_checkpoint)
 from .config import Config, config_from_dict, save_yaml
 from .metrics import MetricsLog, truncate_metrics
@@ -109,10 +110,11 @@ def loss_parts(out, images: torch.Tensor, labels: torch.Tensor, recon_weight: fl
 @torch.no_grad()
 def evaluate_model(model, images: torch.Tensor, labels: torch.Tensor, recon_weight: float = 0.392,
                    batch_size: int = 500, return_predictions: bool = False,
-                   transform=None) -> dict:
+                   transform=None, amp_dtype: torch.dtype | None = None) -> dict:
     """Loss parts and accuracy on uint8 images (N, C, H, W); the decoder is masked by the
     prediction. With return_predictions, also 'predictions' (N,) and 'lengths' (N, classes).
-    ``transform`` (see eval_transform_of) maps each float batch in [0, 1] to the model's input."""
+    ``transform`` (see eval_transform_of) maps each float batch in [0, 1] to the model's input;
+    ``amp_dtype``: autocast dtype of the forward (fastpath.amp_dtype), None for fp32."""
     model.eval()
     device = images.device
     totals = torch.zeros(4, device=device, dtype=torch.float64)
@@ -122,7 +124,7 @@ def evaluate_model(model, images: torch.Tensor, labels: torch.Tensor, recon_weig
         if transform is not None:
             x = transform(x)
         y = labels[start:start + batch_size]
-        out = model(x)
+        out = fastpath.forward(model, x, None, amp_dtype)
         loss, margin, recon = loss_parts(out, x, y, recon_weight, model)
         pred = out.lengths.argmax(1)
         n = len(y)
@@ -142,10 +144,10 @@ def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
     o = config.optim
     if o.name == "adam":
         return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                weight_decay=o.weight_decay)
+                                weight_decay=o.weight_decay, fused=o.fused)
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                 weight_decay=o.weight_decay)
+                                 weight_decay=o.weight_decay, fused=o.fused)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
@@ -186,6 +188,7 @@ def environment(device: torch.device) -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
            "cpu_threads": torch.get_num_threads(), "argv": sys.argv,
+           "world_size": int(os.environ.get("WORLD_SIZE", "1")),
            "started": datetime.now().isoformat(timespec="seconds")}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -246,14 +249,22 @@ class Trainer:
                  config_name: str = "run", resume: bool = False, quiet: bool = False,
                  callbacks: tuple[Callback, ...] = ()):
         from .callbacks import callbacks_from_config  # figures/TensorBoard switched on in run.*
-        self.config, self.quiet = config, quiet
-        self.callbacks = callbacks_from_config(config) + list(callbacks)
-        self.device = resolve_device(config.train.device)
+        # Under torchrun: joins the process group; only rank 0 writes (self.is_main).
+        self.dist, self.device = distributed.init(resolve_device(config.train.device))
+        self.is_main = self.dist.is_main
+        self.config, self.quiet = config, quiet or not self.is_main
+        self.callbacks = (callbacks_from_config(config) + list(callbacks)) if self.is_main else []
+        if self.dist.enabled and config.train.skip_nonfinite:
+            raise ConfigError("train.skip_nonfinite cannot be used under torchrun (a process that "
+                              "skips a step would stall the others' gradient exchange); drop it.")
         if resume:
             self.run_dir = Path(run_dir)
         else:
-            self.run_dir = Path(run_dir) if run_dir else new_run_dir(config, config_name)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.is_main:
+                self.run_dir = Path(run_dir) if run_dir else new_run_dir(config, config_name)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir = Path(distributed.broadcast_object(
+                str(self.run_dir) if self.is_main else None, self.dist))
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume = resume
 
@@ -276,25 +287,29 @@ class Trainer:
         return loss_parts(out, images, labels, self.config.train.recon_weight, self.model)
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        return evaluate_model(self.model, images, labels, self.config.train.recon_weight,
+        return evaluate_model(self.eval_model, images, labels, self.config.train.recon_weight,
                               self.config.train.eval_batch_size,
-                              transform=eval_transform_of(self.augment))
+                              transform=eval_transform_of(self.augment), amp_dtype=self.amp_dtype)
 
     def _train_epoch(self, epoch: int, log: MetricsLog) -> dict:
         cfg = self.config
         self.model.train()
         g = epoch_generator(cfg.train.seed, epoch, self.device)
         n, bs = len(self.train_y), cfg.train.batch_size
-        perm = torch.randperm(n, generator=g, device=self.device)
-        steps = math.ceil(n / bs)
+        perm = torch.randperm(n, generator=g, device=self.device)  # the same on every process
+        # Under DDP each process augments its shard with its own draws.
+        aug_g = (epoch_generator(cfg.train.seed + 1009 * self.dist.rank, epoch, self.device)
+                 if self.dist.enabled else g)
+        steps = distributed.steps_per_epoch(n, bs, self.dist)
         pending, sums = [], torch.zeros(5, device=self.device, dtype=torch.float64)
         bar = self._progress(steps, epoch)
         t0 = time.perf_counter()
         for step in range(steps):
-            idx = perm[step * bs:(step + 1) * bs]
-            x = self.augment(self.train_x[idx].float().div_(255), generator=g)
+            idx = distributed.shard(perm[step * bs:(step + 1) * bs], self.dist)
+            x = self.augment(self.train_x[idx].float().div_(255), generator=aug_g)
+            x = x.contiguous(memory_format=self.memory_format)
             y = self.train_y[idx]
-            out = self.model(x, y)
+            out = fastpath.forward(self.train_model, x, y, self.amp_dtype)
             loss, margin, recon = self._loss(out, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             if cfg.train.skip_nonfinite and not torch.isfinite(loss):
@@ -314,12 +329,14 @@ class Trainer:
                 self._flush(log, epoch, pending, bar)
                 pending = []
         self._flush(log, epoch, pending, bar)
+        sums = distributed.all_sum(sums, self.dist)  # images of every process
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        seen = sums[4].item()
         t = (sums[:4] / sums[4].clamp(min=1)).tolist()
         return {"train_loss": t[0], "train_margin": t[1], "train_recon": t[2], "train_acc": t[3],
-                "epoch_seconds": seconds, "train_images_per_s": n / seconds}
+                "epoch_seconds": seconds, "train_images_per_s": seen / seconds}
 
     def _flush(self, log: MetricsLog, epoch: int, pending: list, bar) -> None:
         """One device->host copy for many batches, so logging does not sync every step."""
@@ -330,6 +347,8 @@ class Trainer:
             for (step, _, _), v in zip(pending, values):
                 if not math.isfinite(v[0]):
                     self._diverged(epoch, step, v[0])
+        if log is None:  # not rank 0: nothing to write (its figures are its shard's)
+            return
         records = [{"kind": "batch", "epoch": epoch, "step": step, "lr": lr, "loss": v[0],
                     "margin": v[1], "recon": v[2], "acc": v[3]}
                    for (step, lr, _), v in zip(pending, values)]
@@ -378,8 +397,9 @@ class Trainer:
         model_input = transform(model_input) if transform is not None else model_input
         check_compatible(self.model, model_input, torch.cat([self.train_y, self.val_y]),
                          cfg.data.dataset)
+        self._setup_fast_path()
         self.optimizer = build_optimizer(cfg, self.model.parameters())
-        steps = math.ceil(len(self.train_y) / cfg.train.batch_size)
+        steps = distributed.steps_per_epoch(len(self.train_y), cfg.train.batch_size, self.dist)
         self.scheduler, self.per_batch_schedule = build_schedule(cfg, self.optimizer, steps)
         self.best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}
         self.start_epoch, self.skipped_steps = 1, 0
@@ -390,7 +410,22 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.best, self.start_epoch = state["best"], state["epoch"] + 1
-            truncate_metrics(self.run_dir / "metrics.jsonl", state["epoch"])
+            if self.is_main:
+                truncate_metrics(self.run_dir / "metrics.jsonl", state["epoch"])
+
+    def _setup_fast_path(self):
+        """AMP dtype, memory layout, DDP and compile (see fastpath.py / distributed.py).
+
+        self.model stays the plain module (checkpoints, resume, callbacks); self.train_model is
+        what the training step calls (DDP and/or compiled), self.eval_model what eval calls.
+        """
+        t = self.config.train
+        self.amp_dtype = fastpath.amp_dtype(t.amp, self.device)
+        self.memory_format = fastpath.memory_format(t.channels_last)
+        fastpath.prepare_model(self.model, t.channels_last)
+        ddp = distributed.wrap(self.model, self.dist, self.device, t.sync_batchnorm)
+        self.train_model = fastpath.maybe_compile(ddp, t.compile, t.compile_mode)
+        self.eval_model = fastpath.maybe_compile(self.model, t.compile, t.compile_mode)
 
     # ------------------------------------------------------------------ fit
     def fit(self) -> dict:
@@ -398,10 +433,13 @@ class Trainer:
         cfg = self.config
         self._wall_start, self._started = time.perf_counter(), datetime.now()
         self._setup()
-        if not self.resume:
-            save_yaml(cfg.to_dict(), self.run_dir / "config.yaml")
-        atomic_write_text(self.run_dir / "env.json", json.dumps(environment(self.device), indent=2))
-        log = MetricsLog(self.run_dir / "metrics.jsonl")
+        log = None
+        if self.is_main:
+            if not self.resume:
+                save_yaml(cfg.to_dict(), self.run_dir / "config.yaml")
+            atomic_write_text(self.run_dir / "env.json",
+                              json.dumps(environment(self.device), indent=2))
+            log = MetricsLog(self.run_dir / "metrics.jsonl")
         self._say(f"run directory: {self.run_dir}  ({len(self.train_y)} train / "
                   f"{len(self.val_y)} val images, device {self.device})")
         t_start = time.perf_counter()
@@ -410,6 +448,9 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
                 lr = self.optimizer.param_groups[0]["lr"]
                 train = self._train_epoch(epoch, log)
+                # One model on every process: each then validates on the whole split and
+                # reaches the same best-epoch decision (duplicated work, no extra exchange).
+                distributed.broadcast_buffers(self.model, self.dist)
                 val = {f"val_{k}": v for k, v in self.evaluate(self.val_x, self.val_y).items()}
                 record = {"kind": "epoch", "epoch": epoch, "lr": lr, **train, **val,
                           "skipped_steps": self.skipped_steps}
@@ -423,19 +464,25 @@ class Trainer:
                         self.scheduler.step(val["val_acc"])
                     else:
                         self.scheduler.step()
-                state = self._state(epoch)
-                if improved:
-                    save_checkpoint(self.ckpt_dir / "best.pt", state)
-                save_checkpoint(self.ckpt_dir / "last.pt", state)
-                log.write([record])  # after the checkpoint: a logged epoch is a saved epoch
+                if self.is_main:
+                    state = self._state(epoch)
+                    if improved:
+                        save_checkpoint(self.ckpt_dir / "best.pt", state)
+                    save_checkpoint(self.ckpt_dir / "last.pt", state)
+                    log.write([record])  # after the checkpoint: a logged epoch is a saved epoch
                 self._emit("on_epoch_end", record)
                 self._say(f"epoch {epoch}/{cfg.train.epochs}  loss {train['train_loss']:.4f}  "
                           f"train acc {train['train_acc']:.4f}  val acc {val['val_acc']:.4f}  "
                           f"lr {lr:.2e}  {train['epoch_seconds']:.1f}s")
         finally:
-            log.close()
+            if log is not None:
+                log.close()
         train_seconds = time.perf_counter() - t_start
-        return self.finish(train_seconds)
+        try:
+            summary = self.finish(train_seconds) if self.is_main else None
+            return distributed.broadcast_object(summary, self.dist)
+        finally:
+            distributed.shutdown(self.dist)
 
     def finish(self, train_seconds: float) -> dict:
         """Evaluate the best-validation weights on the test split and write summary.json."""

@@ -1,0 +1,186 @@
+"""``effcn bench``: training and evaluation throughput of a model preset on synthetic data.
+
+    effcn bench --model efficient_capsnet_mnist --batch-size 16 --device cpu [--amp] [--compile]
+
+The training step is the trainer's (uint8 data resident on the device, batched augmentation,
+fastpath.forward, Adam); evaluation is trainer.evaluate_model. Each figure is measured after
+warm-up over several repeats and reported as median with min and max; "seconds per MNIST epoch"
+is 55,000 training images divided by the median training throughput. No dataset is needed.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+MNIST_TRAIN_IMAGES = 55_000  # 60,000 minus the 5,000 validation images
+
+
+@dataclass
+class BenchSettings:
+    model: str = "efficient_capsnet_mnist"
+    batch_size: int = 16
+    eval_batch_size: int = 0          # 0: the training batch size
+    device: str = "cpu"
+    amp: bool = False                 # bf16 autocast
+    channels_last: bool = True        # train.channels_last
+    compile: bool = False
+    compile_mode: str = "default"
+    product_primary: bool = True      # PrimaryCaps.full_map_product
+    fused_adam: bool = True           # optim.fused
+    augment: str = "paper"
+    steps: int = 20                   # training steps per repeat
+    eval_images: int = 2000           # images per evaluation repeat
+    repeats: int = 5
+    warmup: int = 5                   # training steps (and one eval pass) before timing
+
+
+def synthetic_images(n: int, channels: int, size: int, seed: int = 0):
+    """uint8 images (n, C, size, size), a bright random rectangle on a dark noisy background
+    (something for the augmentation's bounding boxes), and int64 labels (n,) in [0, 10)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 30, (n, channels, size, size), generator=g, dtype=torch.uint8)
+    r = torch.randint(size // 5, size // 2, (n, 2), generator=g)
+    h = torch.randint(size // 4, size // 2, (n, 2), generator=g)
+    rows = torch.arange(size)
+    inside = ((rows >= r[:, :1]) & (rows < r[:, :1] + h[:, :1])).unsqueeze(2) & \
+             ((rows >= r[:, 1:]) & (rows < r[:, 1:] + h[:, 1:])).unsqueeze(1)
+    images[inside.unsqueeze(1).expand_as(images)] = 255
+    return images, torch.randint(0, 10, (n,), generator=g)
+
+
+class Stopwatch:
+    """Wall-clock seconds, synchronising CUDA so that queued work is counted."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+class EffcnContender:
+    """effcn's training step and evaluation for one settings object; used by ``effcn bench``
+    and by benchmarks/compare.py (which alternates it with the reference)."""
+
+    def __init__(self, s: BenchSettings):
+        from .data.augment import build_augment
+        from .models import create_model
+        from .training import fastpath
+        from .training.trainer import resolve_device
+        self.s, self.device = s, resolve_device(s.device)
+        torch.manual_seed(0)
+        self.model = create_model(s.model).to(self.device)
+        for m in self.model.modules():
+            if hasattr(m, "full_map_product"):
+                m.full_map_product = s.product_primary
+        fastpath.prepare_model(self.model, s.channels_last)
+        self.memory_format = fastpath.memory_format(s.channels_last)
+        self.amp_dtype = torch.bfloat16 if s.amp else None
+        self.forward_model = fastpath.maybe_compile(self.model, s.compile, s.compile_mode)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=5e-4, eps=1e-7,
+                                          fused=s.fused_adam)
+        self.augment = build_augment(s.augment)
+        cfg = self.model.config
+        n = max(s.batch_size * (s.steps + s.warmup), s.eval_images)
+        images, labels = synthetic_images(n, cfg.in_channels, cfg.image_size)
+        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(0)
+        self.clock = Stopwatch(self.device)
+        self.cursor = 0
+
+    def train_step(self) -> None:
+        from .training import fastpath
+        from .training.trainer import loss_parts
+        bs = self.s.batch_size
+        if self.cursor + bs > len(self.labels):
+            self.cursor = 0
+        idx = slice(self.cursor, self.cursor + bs)
+        self.cursor += bs
+        self.model.train()
+        x = self.augment(self.images[idx].float().div_(255), generator=self.generator)
+        x = x.contiguous(memory_format=self.memory_format)
+        y = self.labels[idx]
+        out = fastpath.forward(self.forward_model, x, y, self.amp_dtype)
+        loss, _, _ = loss_parts(out, x, y, 0.392)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def train_images_per_s(self, steps: int) -> float:
+        t0 = self.clock.now()
+        for _ in range(steps):
+            self.train_step()
+        return steps * self.s.batch_size / (self.clock.now() - t0)
+
+    def eval_images_per_s(self, n: int) -> float:
+        from .training.trainer import evaluate_model
+        bs = self.s.eval_batch_size or self.s.batch_size
+        t0 = self.clock.now()
+        evaluate_model(self.forward_model, self.images[:n], self.labels[:n], batch_size=bs,
+                       amp_dtype=self.amp_dtype)
+        return n / (self.clock.now() - t0)
+
+    def warm_up(self) -> None:
+        for _ in range(self.s.warmup):
+            self.train_step()
+        self.eval_images_per_s(min(self.s.eval_images, 4 * (self.s.eval_batch_size or
+                                                             self.s.batch_size)))
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(MiB, what it is): CUDA's peak allocated memory, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA memory allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "peak process RSS"
+
+
+def run_bench(s: BenchSettings) -> dict:
+    """Warm up, then ``repeats`` rounds of (train ``steps`` batches, evaluate ``eval_images``)."""
+    c = EffcnContender(s)
+    if c.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(c.device)
+    c.warm_up()
+    train, evals = [], []
+    for _ in range(s.repeats):
+        train.append(c.train_images_per_s(s.steps))
+        evals.append(c.eval_images_per_s(s.eval_images))
+    mem, mem_kind = peak_memory_mb(c.device)
+    tr = spread(train)
+    return {"settings": asdict(s), "device": str(c.device), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "train_images_per_s": tr,
+            "eval_images_per_s": spread(evals),
+            "seconds_per_mnist_epoch": {k: (MNIST_TRAIN_IMAGES / v if k != "n" else v)
+                                        for k, v in (("median", tr["median"]), ("min", tr["max"]),
+                                                     ("max", tr["min"]), ("n", tr["n"]))},
+            "peak_memory_mb": mem, "peak_memory_kind": mem_kind}
+
+
+def format_report(r: dict) -> str:
+    s = r["settings"]
+    head = (f"{s['model']}  batch {s['batch_size']}  device {r['device']}  "
+            f"amp {'bf16' if s['amp'] else 'off'}  channels_last {s['channels_last']}  "
+            f"compile {s['compile']}  augment {s['augment']}  threads {r['threads']}  "
+            f"torch {r['torch']}")
+    rows = [("training images/s", r["train_images_per_s"], "{:.0f}"),
+            ("evaluation images/s", r["eval_images_per_s"], "{:.0f}"),
+            ("seconds per MNIST epoch", r["seconds_per_mnist_epoch"], "{:.1f}")]
+    lines = [head, f"{'':26s}{'median':>10s}{'min':>10s}{'max':>10s}   over {s['repeats']} repeats"]
+    for name, v, fmt in rows:
+        lines.append(f"{name:26s}" + "".join(f"{fmt.format(v[k]):>10s}"
+                                             for k in ("median", "min", "max")))
+    lines.append(f"{r['peak_memory_kind'] + ' (MiB)':26s}{r['peak_memory_mb']:>10.0f}")
+    return "\n".join(lines)
