@@ -200,6 +200,7 @@ def test_bad_input_is_one_clear_sentence_and_damages_nothing(tmp_path, trained_r
     assert message in err, err
     assert snapshot(run, root) == before
     assert not (tmp_path / "PWNED").exists()
+    assert not (tmp_path / "r" / "x").exists()  # a run that failed to start leaves no folder
 
 
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path):

@@ -432,7 +432,14 @@ class Trainer:
         """Train all epochs, then evaluate the best checkpoint on the test split once."""
         cfg = self.config
         self._wall_start, self._started = time.perf_counter(), datetime.now()
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            # A run that failed before writing anything (missing data, ...) leaves no folder.
+            if not self.resume and self.is_main and self.run_dir.is_dir() \
+                    and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+            raise
         log = None
         if self.is_main:
             if not self.resume:
