@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from effcn.data.affnist import MNIST40, AffNIST, AffNISTStyle
 from effcn.data.mnist import IDXClassification, IDXFolder, MNIST
 from effcn.errors import DataError
 
 DATASETS: Dict[str, type] = {
     "mnist": MNIST,
     "idx": IDXFolder,
+    "mnist40": MNIST40,
+    "affnist": AffNIST,
+    "affnist_style": AffNISTStyle,
 }
 
 

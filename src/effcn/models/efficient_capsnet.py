@@ -8,7 +8,7 @@
       -> decoder on the capsules masked to one class                   (B, C, H, W) in [0, 1]
 
 Presets (registered at the bottom): mnist (161,824 parameters without the decoder), multimnist,
-and a tiny variant for tests.
+affnist (40x40), and a tiny variant for tests.
 """
 
 from __future__ import annotations
@@ -173,6 +173,15 @@ def multimnist_config() -> EfficientCapsNetConfig:
                                   primary_kernel=5, primary_stride=2)
 
 
+def affnist_config() -> EfficientCapsNetConfig:
+    """40x40 inputs (the affNIST protocol), adapted from the MNIST preset by changing only the
+    primary kernel: the same four convs take 40 -> 36 -> 34 -> 32 -> 15, so a 15x15 depthwise
+    kernel (MNIST: 9x9 on its 9x9 map) again sees the whole map and yields 128 values = 16
+    capsules x 8 dims. Everything after the primary capsules is the MNIST preset's; the decoder
+    outputs 40x40. The depthwise layer grows from 10,496 to 28,928 parameters."""
+    return EfficientCapsNetConfig(image_size=40, primary_kernel=15)
+
+
 def tiny_config() -> EfficientCapsNetConfig:
     """A small 28x28 variant for tests (same structure, far fewer channels)."""
     return EfficientCapsNetConfig(stem=((8, 5, 1), (16, 3, 1), (16, 3, 1), (32, 3, 2)),
@@ -183,5 +192,7 @@ register_model("efficient_capsnet_mnist", EfficientCapsNet, mnist_config,
                "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes, 161,824 params w/o decoder)")
 register_model("efficient_capsnet_multimnist", EfficientCapsNet, multimnist_config,
                "Efficient-CapsNet, MultiMNIST preset (36x36x1, stride-2 stem, depthwise 5x5/2)")
+register_model("efficient_capsnet_affnist", EfficientCapsNet, affnist_config,
+               "Efficient-CapsNet, 40x40 preset for the affNIST protocol (MNIST stem, depthwise 15x15)")
 register_model("efficient_capsnet_tiny", EfficientCapsNet, tiny_config,
                "A tiny 28x28 Efficient-CapsNet for tests and smoke runs")
