@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 from effcn.data.affnist import MNIST40, AffNIST, AffNISTStyle
 from effcn.data.mnist import IDXClassification, IDXFolder, MNIST
+from effcn.data.multimnist import MultiMNIST
 from effcn.errors import DataError
 
 DATASETS: Dict[str, type] = {
@@ -22,6 +23,7 @@ DATASETS: Dict[str, type] = {
     "mnist40": MNIST40,
     "affnist": AffNIST,
     "affnist_style": AffNISTStyle,
+    "multimnist": MultiMNIST,
 }
 
 

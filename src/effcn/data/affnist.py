@@ -213,37 +213,51 @@ def _warp(images: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+WARP_CANVAS = 64  # large enough for any 28x28 digit under the default transforms
+
+
+def warp_digits(digits: torch.Tensor, generator: torch.Generator, size: int = AFFNIST_SIZE,
+                **ranges) -> torch.Tensor:
+    """Random affine versions of 28x28 uint8 digits (N, 28, 28), each fitting in ``size`` x ``size``:
+    float (N, 1, 64, 64) in [0, 255], integer-valued, content anywhere on the 64x64 canvas.
+
+    A draw of :func:`affine_matrices` (``ranges`` are its keyword arguments) whose result does not
+    fit (every pixel that is non-zero after rounding counts) is drawn again, so no digit is ever
+    cut; this rejects some of the largest scale/shear combinations.
+    """
+    x = pad_to(digits.float().div(255).unsqueeze(1), WARP_CANVAS)
+    warped = torch.zeros_like(x)
+    todo = torch.arange(len(x))
+    for _ in range(100):
+        w = (_warp(x[todo], affine_matrices(len(todo), generator, **ranges)) * 255).round().clamp(0, 255)
+        top, bottom, left, right = margins(w).unbind(1)
+        fits = (WARP_CANVAS - top - bottom <= size) & (WARP_CANVAS - left - right <= size)
+        warped[todo[fits]] = w[fits]
+        todo = todo[~fits]
+        if len(todo) == 0:
+            return warped
+    raise RuntimeError("affNIST-style generator: some digits never fitted the canvas; narrow the ranges")
+
+
+def crop_and_place(warped: torch.Tensor, generator: torch.Generator, size: int = AFFNIST_SIZE) -> torch.Tensor:
+    """(N, 1, S, S) images whose content fits in ``size`` -> (N, 1, size, size), the content moved
+    whole (exact integer shifts) to a uniformly random position."""
+    top, _, left, _ = margins(warped).unbind(1)
+    corner = translate(warped, -torch.stack([top, left], 1))[..., :size, :size]
+    return place_randomly(corner, generator)
+
+
 def make_affnist_style(digits: torch.Tensor, seed: int = 0, size: int = AFFNIST_SIZE,
-                       chunk: int = 2000) -> torch.Tensor:
+                       chunk: int = 2000, **ranges) -> torch.Tensor:
     """affNIST-style images from 28x28 digits: uint8 (N, 28, 28) -> uint8 (N, size, size).
 
-    Each digit is warped by :func:`affine_matrices` on a 64x64 canvas; a draw whose result
-    (every pixel that is non-zero after rounding) does not fit in ``size`` x ``size`` is drawn
-    again, so the digit is always kept whole (this rejects some of the largest scale/shear
-    combinations). The digit is then placed at a uniformly random position. Deterministic in
-    ``seed`` (CPU generator).
+    :func:`warp_digits` then :func:`crop_and_place`, in chunks; deterministic in ``seed`` (a CPU
+    generator). ``ranges``: keyword arguments of :func:`affine_matrices`.
     """
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, len(digits), chunk):
-        x = pad_to(digits[start:start + chunk].float().div(255).unsqueeze(1), 64)
-        warped = torch.zeros_like(x)
-        todo = torch.arange(len(x))
-        for _ in range(100):
-            w = (_warp(x[todo], affine_matrices(len(todo), g)) * 255).round().clamp(0, 255)
-            top, bottom, left, right = margins(w).unbind(1)
-            fits = (64 - top - bottom <= size) & (64 - left - right <= size)
-            warped[todo[fits]] = w[fits]
-            todo = todo[~fits]
-            if len(todo) == 0:
-                break
-        else:
-            raise RuntimeError("affNIST-style generator: some digits never fitted the canvas")
-        # Move the content to the top-left corner, crop, then place it at random on the canvas.
-        top, _, left, _ = margins(warped).unbind(1)
-        cropped = translate(warped, -torch.stack([top, left], 1))[..., :size, :size]
-        out.append(place_randomly(cropped, g).squeeze(1).to(torch.uint8))
-    return torch.cat(out)
+    out = [crop_and_place(warp_digits(part, g, size, **ranges), g, size).squeeze(1).to(torch.uint8)
+           for part in digits.split(chunk)]
+    return torch.cat(out) if out else torch.zeros(0, size, size, dtype=torch.uint8)
 
 
 class AffNISTStyle(torch.utils.data.Dataset):
