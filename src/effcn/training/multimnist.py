@@ -111,6 +111,10 @@ class MultiMNISTTrainer(Trainer):
     """
 
     def _load_data(self):
+        if self.config.data.augment.strip().lower() != "none":
+            raise ConfigError(f"data.augment={self.config.data.augment} does not apply to "
+                              f"multimnist (its pairs are shifted by the generator); set "
+                              f"data.augment=none.")
         super()._load_data()
         # Padded to 36x36 once, uint8 on the device; pairs are composed per batch.
         self.train_x, self.val_x = pad_digits(self.train_x), pad_digits(self.val_x)
