@@ -142,3 +142,7 @@ def test_train_and_eval_end_to_end(synthetic_root, tmp_path, monkeypatch, capsys
     report = json.loads((run / "eval_test_best.json").read_text())
     assert report["acc"] == pytest.approx(summary["test_acc"])  # same fixed pairs, same number
     assert (run / "overlap.png").stat().st_size > 1000
+    # an augmentation would be silently ignored: refused with one sentence instead
+    bad = [o.replace("run.name=mm", "run.name=mm2") for o in overrides] + ["data.augment=paper"]
+    assert main(["train", "--config", config] + [a for o in bad for a in ("--set", o)]) == 2
+    assert "set data.augment=none" in capsys.readouterr().err
