@@ -186,8 +186,9 @@ def _add_affnist(report: dict, model, config, device) -> None:
     extra = {"affnist_acc": aff["acc"], "affnist_set": aff["set"], "affnist_images": aff["images"],
              "affnist_per_class_acc": aff["per_class_acc"]}
     report.update(extra)
-    summary_path = Path(report["checkpoint"]).parent.parent / "summary.json"
-    if summary_path.is_file() and Path(report["checkpoint"]).name == "best.pt":
+    ckpt = Path(report["checkpoint"])
+    summary_path = _run_dir_of(ckpt) / "summary.json"
+    if summary_path.is_file() and ckpt.name == "best.pt":  # summary.json describes best.pt
         summary = json.loads(summary_path.read_text())
         summary.update({k: v for k, v in extra.items() if k != "affnist_per_class_acc"})
         atomic_write_text(summary_path, json.dumps(summary, indent=2))
