@@ -47,6 +47,9 @@ class EfficientCapsNetConfig:
     stem: tuple = ((32, 5, 1), (64, 3, 1), (64, 3, 1), (128, 3, 2))
     activation: str = "relu"            # relu | leaky_relu (slope 0.3, smallNORB)
     norm: str = "batch"                 # batch | instance
+    # BatchNorm running-average momentum (PyTorch convention). 0.01 = Keras' 0.99, the authors'
+    # value; short CPU runs use 0.1 so the running statistics keep up within a few hundred steps.
+    bn_momentum: float = 0.01
     primary_kernel: int = 9
     primary_stride: int = 1
     primary_caps: int = 16
@@ -120,7 +123,7 @@ class EfficientCapsNet(nn.Module):
             nn.init.zeros_(conv.bias)
             act = nn.ReLU(inplace=True) if c.activation == "relu" else nn.LeakyReLU(0.3, inplace=True)
             # Keras defaults: BN momentum 0.99 (PyTorch 0.01), epsilon 1e-3.
-            norm = (nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01) if c.norm == "batch"
+            norm = (nn.BatchNorm2d(out_ch, eps=1e-3, momentum=c.bn_momentum) if c.norm == "batch"
                     else nn.InstanceNorm2d(out_ch, eps=1e-3, affine=True))
             # Follows the authors' code: conv -> activation -> norm (not conv -> norm -> act).
             layers += [conv, act, norm]
