@@ -218,3 +218,12 @@ def test_eval_reports_affnist_style_beside_mnist40(synthetic_root, tmp_path, mon
     summary = json.loads((run / "summary.json").read_text())
     assert summary["affnist_acc"] == report["affnist_acc"]
     assert summary["affnist_set"] == "affnist_style"
+
+
+def test_bn_momentum_is_configurable_and_defaults_to_keras():
+    from effcn.models import create_model
+    default = create_model("efficient_capsnet_affnist")
+    fast = create_model("efficient_capsnet_affnist", bn_momentum=0.1)
+    bns = lambda m: [l for l in m.stem if isinstance(l, torch.nn.BatchNorm2d)]  # noqa: E731
+    assert [b.momentum for b in bns(default)] == [0.01] * 4
+    assert [b.momentum for b in bns(fast)] == [0.1] * 4
