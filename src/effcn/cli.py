@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory (or a checkpoint .pt inside one)")
     p.add_argument("--checkpoint", default="best", help="best | last | path to a .pt file")
     p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--no-affnist", action="store_true",
+                   help="skip the affNIST test that 40x40 MNIST models get next to their test set")
     _add_set(p)
     p.set_defaults(func=cmd_eval)
 
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     from .training.config import load_config
-    from .training.trainer import Trainer, load_run_config
+    from .training.multimnist import trainer_class
+    from .training.trainer import load_run_config
     if args.resume:
         if args.config:
             raise EffcnError("--resume takes the run's own saved config; drop --config (use --set "
@@ -148,11 +151,11 @@ def cmd_train(args) -> int:
             key, _, raw = item.partition("=")
             set_value(config, key.strip(), parse_scalar(raw))
         validate(config)
-        trainer = Trainer(config, run_dir=run_dir, resume=True, quiet=args.quiet)
+        trainer = trainer_class(config)(config, run_dir=run_dir, resume=True, quiet=args.quiet)
     else:
         config = load_config(args.config, args.overrides)
         name = Path(args.config).stem if args.config else "run"
-        trainer = Trainer(config, config_name=name, quiet=args.quiet)
+        trainer = trainer_class(config)(config, config_name=name, quiet=args.quiet)
     summary = trainer.fit()
     if trainer.is_main:  # under torchrun: one line, not one per process
         print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc",
@@ -196,6 +199,8 @@ def cmd_eval(args) -> int:
         key, _, raw = item.partition("=")
         set_value(config, key.strip(), parse_scalar(raw))
     validate(config)
+    if config.data.dataset == "multimnist":
+        return _eval_multimnist(args, ckpt, model, state, config, device)
     if args.split == "test":
         ds = load_split(config, "test")
         images, labels = as_nchw(ds.images), ds.labels.long()
@@ -222,8 +227,68 @@ def cmd_eval(args) -> int:
           f"({int(round(result['acc'] * len(labels)))}/{len(labels)}), loss {result['loss']:.4f} "
           f"[checkpoint {ckpt.name}, epoch {state['epoch']}]")
     print("per class: " + "  ".join(f"{k}:{v:.4f}" for k, v in per_class.items()))
+    from .training.affnist_eval import wants_affnist
+    if args.split == "test" and wants_affnist(model) and not args.no_affnist:
+        _add_affnist(report, model, config, device)
     from .training.checkpoint import atomic_write_text
     out = _run_dir_of(ckpt) / f"eval_{args.split}_{ckpt.stem}.json"
+    atomic_write_text(out, json.dumps(report, indent=2))
+    print(f"written: {out}")
+    return 0
+
+
+def _add_affnist(report: dict, model, config, device) -> None:
+    """affNIST (real if found, else affnist_style) next to the 40x40 test set, per class and
+    overall; adds affnist_* keys to the eval report and to the run's summary.json."""
+    from .training.affnist_eval import evaluate_affnist, side_by_side
+    from .training.checkpoint import atomic_write_text
+    aff = evaluate_affnist(model, config.data.root, device, config.train.recon_weight,
+                           config.train.eval_batch_size)
+    base_name = "MNIST-40" if config.data.dataset == "mnist40" else config.data.dataset
+    print(side_by_side(f"{base_name} test", report,
+                       "affNIST test" if aff["set"] == "affnist" else "affNIST-style", aff))
+    extra = {"affnist_acc": aff["acc"], "affnist_set": aff["set"], "affnist_images": aff["images"],
+             "affnist_per_class_acc": aff["per_class_acc"]}
+    report.update(extra)
+    ckpt = Path(report["checkpoint"])
+    summary_path = _run_dir_of(ckpt) / "summary.json"
+    if summary_path.is_file() and ckpt.name == "best.pt":  # summary.json describes best.pt
+        summary = json.loads(summary_path.read_text())
+        summary.update({k: v for k, v in extra.items() if k != "affnist_per_class_acc"})
+        atomic_write_text(summary_path, json.dumps(summary, indent=2))
+
+
+def _eval_multimnist(args, ckpt: Path, model, state, config, device) -> int:
+    """Two-digit accuracy on the fixed MultiMNIST test (or validation) pairs, per class, and the
+    overlap figure (overlap.png in the run directory when matplotlib is installed)."""
+    from .data.multimnist import MultiMNISTPairs
+    from .training.checkpoint import atomic_write_text
+    from .training.multimnist import VAL_SEED, evaluate_pairs, multimnist_test_pairs
+    from .training.trainer import as_nchw, load_split, train_val_split
+    if args.split == "test":
+        pairs = multimnist_test_pairs(config, device)
+    else:
+        ds = load_split(config, "train")
+        _, val_idx = train_val_split(len(ds.labels), config.data.val_size, config.data.split_seed)
+        pairs = MultiMNISTPairs(as_nchw(ds.images)[val_idx].to(device),
+                                ds.labels.long()[val_idx].to(device), partners=1, seed=VAL_SEED)
+    result = evaluate_pairs(model, pairs, config.train.recon_weight,
+                            config.train.eval_batch_size, per_class=True)
+    report = {"checkpoint": str(ckpt), "epoch": state["epoch"], "split": args.split,
+              "dataset": "multimnist", "metric": "two-digit accuracy", "images": len(pairs),
+              "digits": pairs.n_digits, "partners": pairs.partners, **result}
+    print(f"multimnist {args.split}: two-digit accuracy {result['acc']:.4f} on {len(pairs)} pairs "
+          f"({pairs.n_digits} digits x {pairs.partners} partners) [checkpoint {ckpt.name}, epoch "
+          f"{state['epoch']}]")
+    print("per class (share of its digits found in the top two): " + "  ".join(
+        f"{k}:{v:.4f}" for k, v in result["per_class_acc"].items()))
+    run_dir = _run_dir_of(ckpt)
+    try:
+        from .overlap_figure import overlap_figure
+        print(f"figure: {overlap_figure(model, pairs, run_dir / 'overlap.png')}")
+    except EffcnError as e:
+        print(f"no figure: {e}")
+    out = run_dir / f"eval_{args.split}_{ckpt.stem}.json"
     atomic_write_text(out, json.dumps(report, indent=2))
     print(f"written: {out}")
     return 0

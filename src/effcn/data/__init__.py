@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from effcn.data.affnist import MNIST40, AffNIST, AffNISTStyle
 from effcn.data.cifar10 import CIFAR10
 from effcn.data.fashion_mnist import FashionMNIST
 from effcn.data.mnist import IDXClassification, IDXFolder, MNIST
+from effcn.data.multimnist import MultiMNIST
 from effcn.data.smallnorb import SmallNORB
 from effcn.errors import DataError
 
@@ -24,6 +26,10 @@ DATASETS: Dict[str, type] = {
     "fashion_mnist": FashionMNIST,
     "smallnorb": SmallNORB,
     "cifar10": CIFAR10,
+    "mnist40": MNIST40,
+    "affnist": AffNIST,
+    "affnist_style": AffNISTStyle,
+    "multimnist": MultiMNIST,
 }
 
 

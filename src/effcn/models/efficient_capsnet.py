@@ -9,7 +9,7 @@
 
 The decoder is fully connected (MNIST) or, for smallNORB, an upsampling conv decoder
 (``decoder="conv"``). Presets (registered at the bottom): mnist (161,824 parameters without the
-decoder), multimnist, smallnorb (151,664), cifar10, and tiny variants for tests.
+decoder), multimnist, affnist (40x40), smallnorb (151,664), cifar10, and tiny variants for tests.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ class EfficientCapsNetConfig:
     stem: tuple = ((32, 5, 1), (64, 3, 1), (64, 3, 1), (128, 3, 2))
     activation: str = "relu"            # relu | leaky_relu (slope 0.3, smallNORB)
     norm: str = "batch"                 # batch | instance
+    # BatchNorm running-average momentum (PyTorch convention). 0.01 = Keras' 0.99, the authors'
+    # value; short CPU runs use 0.1 so the running statistics keep up within a few hundred steps.
+    bn_momentum: float = 0.01
     primary_kernel: int = 9
     primary_stride: int = 1
     primary_caps: int = 16
@@ -165,7 +168,7 @@ class EfficientCapsNet(nn.Module):
             nn.init.zeros_(conv.bias)
             act = nn.ReLU(inplace=True) if c.activation == "relu" else nn.LeakyReLU(0.3, inplace=True)
             # Keras defaults: BN momentum 0.99 (PyTorch 0.01), epsilon 1e-3.
-            norm = (nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01) if c.norm == "batch"
+            norm = (nn.BatchNorm2d(out_ch, eps=1e-3, momentum=c.bn_momentum) if c.norm == "batch"
                     else nn.InstanceNorm2d(out_ch, eps=1e-3, affine=True))
             # Follows the authors' code: conv -> activation -> norm (not conv -> norm -> act).
             layers += [conv, act, norm]
@@ -219,6 +222,15 @@ def multimnist_config() -> EfficientCapsNetConfig:
                                   primary_kernel=5, primary_stride=2)
 
 
+def affnist_config() -> EfficientCapsNetConfig:
+    """40x40 inputs (the affNIST protocol), adapted from the MNIST preset by changing only the
+    primary kernel: the same four convs take 40 -> 36 -> 34 -> 32 -> 15, so a 15x15 depthwise
+    kernel (MNIST: 9x9 on its 9x9 map) again sees the whole map and yields 128 values = 16
+    capsules x 8 dims. Everything after the primary capsules is the MNIST preset's; the decoder
+    outputs 40x40. The depthwise layer grows from 10,496 to 28,928 parameters."""
+    return EfficientCapsNetConfig(image_size=40, primary_kernel=15)
+
+
 def tiny_config() -> EfficientCapsNetConfig:
     """A small 28x28 variant for tests (same structure, far fewer channels)."""
     return EfficientCapsNetConfig(stem=((8, 5, 1), (16, 3, 1), (16, 3, 1), (32, 3, 2)),
@@ -251,6 +263,8 @@ register_model("efficient_capsnet_mnist", EfficientCapsNet, mnist_config,
                "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes, 161,824 params w/o decoder)")
 register_model("efficient_capsnet_multimnist", EfficientCapsNet, multimnist_config,
                "Efficient-CapsNet, MultiMNIST preset (36x36x1, stride-2 stem, depthwise 5x5/2)")
+register_model("efficient_capsnet_affnist", EfficientCapsNet, affnist_config,
+               "Efficient-CapsNet, 40x40 preset for the affNIST protocol (MNIST stem, depthwise 15x15)")
 register_model("efficient_capsnet_tiny", EfficientCapsNet, tiny_config,
                "A tiny 28x28 Efficient-CapsNet for tests and smoke runs")
 register_model("efficient_capsnet_smallnorb", EfficientCapsNet, smallnorb_config,

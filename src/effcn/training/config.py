@@ -32,6 +32,8 @@ class DataSection:
     split_seed: int = 0                     # fixes which training images are validation
     train_subset: int = 0                   # >0: train on this many images only (CPU budgets)
     augment: str = "paper"                  # paper | none | parts joined by '+', e.g. rotate+erase
+    multimnist_partners: int = 1000         # MultiMNIST test set: partners per test digit
+    multimnist_test_digits: int = 0         # MultiMNIST test set: first N test digits (0: all)
 
 
 @dataclass
@@ -110,6 +112,7 @@ POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_si
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor")
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
                 "schedule.gamma", "schedule.patience", "data.val_size", "data.train_subset",
+                "data.multimnist_test_digits",
                 "train.recon_weight", "run.recon_every", "run.checkpoint_every")
 
 
@@ -258,6 +261,9 @@ def validate(config: Config) -> None:
     for key in NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {flat[key]!r}; fix the value.")
+    if config.data.multimnist_partners < 1:
+        raise ConfigError(f"data.multimnist_partners must be at least 1, got "
+                          f"{config.data.multimnist_partners}.")
     if config.schedule.name == "onecycle" and not 0 < config.schedule.pct_start < 1:
         raise ConfigError(f"schedule.pct_start must be in (0, 1), got {config.schedule.pct_start}.")
     if len(config.optim.betas) != 2 or not all(0 <= float(b) < 1 for b in config.optim.betas):
