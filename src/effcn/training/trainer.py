@@ -100,7 +100,7 @@ def loss_parts(out, images: torch.Tensor, labels: torch.Tensor, recon_weight: fl
     """
     hook = getattr(model, "classification_loss", None)
     margin = hook(out, labels) if hook is not None else margin_loss(out.lengths, labels)
-    if out.reconstruction is None or recon_weight == 0:
+    if out.reconstruction is None:
         recon = torch.zeros((), device=margin.device)
     else:
         recon = reconstruction_loss(out.reconstruction, images)
