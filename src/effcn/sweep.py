@@ -202,7 +202,8 @@ def write_results(spec: dict, runs: list[SweepRun]) -> Path:
         for m in metrics:
             xs = [g[m] for g in group if g.get(m) is not None]
             stats[m] = xs
-            cells.append(_mean_std(xs, seconds=(m == "train_seconds")))
+            cells.append(_mean_std(xs, kind="acc" if m.endswith("acc") else
+                                   "seconds" if m.endswith("seconds") else "value"))
         n = len(stats["test_acc"])
         md.append("| " + " | ".join([*map(_fmt, values), str(n), *cells]) + " |")
         table.append((values, stats[spec["metric"]]))
@@ -212,14 +213,16 @@ def write_results(spec: dict, runs: list[SweepRun]) -> Path:
     return out / "results.md"
 
 
-def _mean_std(xs: list, seconds: bool = False) -> str:
+def _mean_std(xs: list, kind: str = "acc") -> str:
+    """'mean ± std' of a metric: accuracies in %, seconds whole, other values to 4 digits."""
     if not xs:
         return "—"
     mean = statistics.fmean(xs)
-    std = statistics.stdev(xs) if len(xs) > 1 else float("nan")
-    if seconds:
-        return f"{mean:.0f} ± {std:.0f}" if len(xs) > 1 else f"{mean:.0f}"
-    return f"{100 * mean:.2f}% ± {100 * std:.2f}" if len(xs) > 1 else f"{100 * mean:.2f}%"
+    std = statistics.stdev(xs) if len(xs) > 1 else None
+    fmt = {"acc": lambda v: f"{100 * v:.2f}", "seconds": lambda v: f"{v:.0f}"}.get(
+        kind, lambda v: f"{v:.4g}")
+    text = fmt(mean) + ("%" if kind == "acc" else "")
+    return text + (f" ± {fmt(std)}" if std is not None else "")
 
 
 def _plot(path: Path, keys: list, table: list, metric: str) -> None:
