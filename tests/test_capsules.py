@@ -113,3 +113,7 @@ def test_factorised_capsule_weights():
     u = torch.randn(1, 16, 8)
     w = torch.einsum("idr,jre->jide", low.W_in, low.W_out)
     assert torch.allclose(low.predictions(u), torch.einsum("bid,jide->bjie", u, w), atol=1e-5)
+    # both start with predictions of the same scale, so training starts the same way
+    u = squash(torch.randn(256, 16, 8))
+    ratio = low.predictions(u).std() / full.predictions(u).std()
+    assert 0.7 < ratio < 1.4, ratio

@@ -111,8 +111,11 @@ class SelfAttentionRouting(nn.Module):
             # instead of n_out*n_in*d_in*d_out, so the layer grows by r*d_out per extra class.
             self.W_in = nn.Parameter(torch.empty(n_in, d_in, rank))
             self.W_out = nn.Parameter(torch.empty(n_out, rank, d_out))
-            keras_he_normal_(self.W_in, fan_in=d_in)
-            keras_he_normal_(self.W_out, fan_in=rank)
+            # Scaled so that W_in[i] @ W_out[j] starts with the full W's variance
+            # (rank * 1/rank * var_full): otherwise u_hat is ~10x larger, every class capsule
+            # squashes to length ~1 and the margin loss has no gradient to learn from.
+            keras_he_normal_(self.W_in, fan_in=2 * rank)
+            keras_he_normal_(self.W_out, fan_in=n_out * n_in * d_in)
         else:
             self.W = nn.Parameter(torch.empty(n_out, n_in, d_in, d_out))
             # Keras computes fan_in of a 4-D weight as prod(shape[:-1]) = n_out * n_in * d_in.
