@@ -34,7 +34,8 @@ VARIANTS = {  # name -> BenchSettings changes from effcn's defaults
     "effcn": {},
     "plain-primary": {"product_primary": False},
     "contiguous": {"channels_last": False},
-    "bf16": {"amp": True},
+    "bf16": {"amp": "bf16"},
+    "fp32": {"amp": "off"},
     "compile": {"compile": True},
     "loop-adam": {"fused_adam": False},
 }
@@ -121,6 +122,8 @@ def main(argv=None):
     contenders = [Reference(images, labels, args)] + [Effcn(v, args) for v in names]
     print(f"same weights, max |length difference| effcn vs reference: "
           f"{same_function(contenders[1], contenders[0]):.2e}")  # both now start from it
+    for c in contenders[1:]:
+        print(f"{c.name}: precision {'bf16 autocast' if c.c.amp_dtype is not None else 'fp32'}")
     for c in contenders:
         c.warm_up()
     results = {c.name: {"train": [], "eval": []} for c in contenders}

@@ -31,6 +31,16 @@ def test_overrides_are_typed():
     assert load_config(None, ["data.root=null"]).data.root is None
 
 
+def test_on_off_yes_no_stay_words_for_string_fields(tmp_path):
+    # YAML 1.1 would read "off" as False, and train.amp would get the string "False".
+    c = load_config(None, ["train.amp=off", "train.channels_last=off", "train.progress=yes"])
+    assert c.train.amp == "off" and c.train.channels_last is False and c.train.progress is True
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n  compile: on\n  progress: false\n")
+    c = load_config(path)
+    assert c.train.amp == "off" and c.train.compile is True and c.train.progress is False
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.batchsize=3", r"unknown config key train\.batchsize; did you mean train\.batch_size\?"),
     ("trian.epochs=3", r"unknown config section 'trian'; did you mean 'train'\?"),

@@ -60,8 +60,12 @@ def test_product_path_is_only_taken_when_the_kernel_covers_the_map():
     assert calls == [1, 2]
 
 
-def test_amp_setting_resolves_per_device():
+def test_amp_setting_resolves_per_device(monkeypatch):
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: False)
     assert fastpath.amp_dtype("auto", CPU) is None
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: True)
+    assert fastpath.amp_dtype("auto", CPU) is torch.bfloat16
+    assert fastpath.amp_dtype("off", CPU) is None
     assert fastpath.amp_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert fastpath.amp_dtype("bf16", CPU) is torch.bfloat16
     assert fastpath.amp_dtype("off", torch.device("cuda")) is None
@@ -69,6 +73,16 @@ def test_amp_setting_resolves_per_device():
         fastpath.amp_dtype("fp16", CPU)
     with pytest.raises(ConfigError, match="train.amp"):
         load_config(None, ["train.amp=fp16"])
+
+
+def test_native_bf16_probe_answers_and_survives_a_failing_probe(monkeypatch):
+    assert isinstance(fastpath.cpu_has_native_bf16(), bool)
+
+    def broken():
+        raise RuntimeError("no cpuinfo")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert fastpath.cpu_has_native_bf16() is False
 
 
 def test_bf16_forward_gives_fp32_outputs_close_to_fp32_and_fp32_gradients():
@@ -138,9 +152,9 @@ def test_run_bench_reports_medians_and_epoch_seconds():
 def test_bench_cli(capsys):
     assert main(["bench", "--model", "efficient_capsnet_tiny", "--batch-size", "4", "--steps",
                  "1", "--repeats", "1", "--warmup", "1", "--eval-images", "8", "--device",
-                 "cpu", "--amp", "--no-channels-last", "--json"]) == 0
+                 "cpu", "--amp", "bf16", "--no-channels-last", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["settings"]["amp"] and not result["settings"]["channels_last"]
+    assert result["precision"] == "bf16 autocast" and not result["settings"]["channels_last"]
     assert main(["bench", "--model", "no_such_model"]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert main(["bench", "--model", "efficient_capsnet_tiny", "--batch-size", "0"]) == 2

@@ -1,6 +1,6 @@
 """``effcn bench``: training and evaluation throughput of a model preset on synthetic data.
 
-    effcn bench --model efficient_capsnet_mnist --batch-size 16 --device cpu [--amp] [--compile]
+    effcn bench --model efficient_capsnet_mnist --batch-size 16 --device cpu [--amp auto|bf16|off] [--compile]
 
 The training step is the trainer's (uint8 data resident on the device, batched augmentation,
 fastpath.forward, Adam); evaluation is trainer.evaluate_model. Each figure is measured after
@@ -27,7 +27,7 @@ class BenchSettings:
     batch_size: int = 16
     eval_batch_size: int = 0          # 0: the training batch size
     device: str = "cpu"
-    amp: bool = False                 # bf16 autocast
+    amp: str = "auto"                 # train.amp: auto | bf16 | off
     channels_last: bool = True        # train.channels_last
     compile: bool = False
     compile_mode: str = "default"
@@ -88,7 +88,7 @@ class EffcnContender:
                 m.full_map_product = s.product_primary
         fastpath.prepare_model(self.model, s.channels_last)
         self.memory_format = fastpath.memory_format(s.channels_last)
-        self.amp_dtype = torch.bfloat16 if s.amp else None
+        self.amp_dtype = fastpath.amp_dtype(s.amp, self.device)
         self.forward_model = fastpath.maybe_compile(self.model, s.compile, s.compile_mode)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=5e-4, eps=1e-7,
                                           fused=s.fused_adam)
@@ -161,6 +161,7 @@ def run_bench(s: BenchSettings) -> dict:
     mem, mem_kind = peak_memory_mb(c.device)
     tr = spread(train)
     return {"settings": asdict(s), "device": str(c.device), "torch": torch.__version__,
+            "precision": "bf16 autocast" if c.amp_dtype is not None else "fp32",
             "threads": torch.get_num_threads(), "train_images_per_s": tr,
             "eval_images_per_s": spread(evals),
             "seconds_per_mnist_epoch": {k: (MNIST_TRAIN_IMAGES / v if k != "n" else v)
@@ -172,7 +173,7 @@ def run_bench(s: BenchSettings) -> dict:
 def format_report(r: dict) -> str:
     s = r["settings"]
     head = (f"{s['model']}  batch {s['batch_size']}  device {r['device']}  "
-            f"amp {'bf16' if s['amp'] else 'off'}  channels_last {s['channels_last']}  "
+            f"amp {s['amp']} ({r['precision']})  channels_last {s['channels_last']}  "
             f"compile {s['compile']}  augment {s['augment']}  threads {r['threads']}  "
             f"torch {r['torch']}")
     rows = [("training images/s", r["train_images_per_s"], "{:.0f}"),

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, default=0, help="default: --batch-size")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="bf16 autocast, as train.amp (auto: on CUDA and bf16-capable CPUs)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC layout (default on, as train.channels_last)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +75,7 @@ class TrainSection:
     progress: bool = True                   # progress bar (tqdm when installed)
     skip_nonfinite: bool = False            # skip steps with NaN/inf loss instead of stopping
     # The fast path (training/fastpath.py; measured in BENCHMARKS.md):
-    amp: str = "auto"                       # auto (bf16 on CUDA, fp32 on CPU) | bf16 | off
+    amp: str = "auto"                       # auto (bf16 on CUDA and bf16-capable CPUs) | bf16 | off
     channels_last: bool = True              # NHWC layout of weights and inputs
     compile: bool = False                   # torch.compile the model (falls back to eager)
     compile_mode: str = "default"           # default | reduce-overhead (CUDA graphs) | max-autotune
@@ -124,7 +126,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file "
                           f"(see the configs/ folder).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(yaml, path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); "
                           f"fix the syntax.") from None
@@ -297,7 +299,7 @@ def parse_scalar(raw: str) -> Any:
     except ConfigError:
         return raw
     try:
-        return yaml.safe_load(raw) if raw else ""
+        return _yaml_load(yaml, raw) if raw else ""
     except yaml.YAMLError:
         return raw
 
@@ -343,3 +345,22 @@ def _yaml():
         raise ConfigError("PyYAML is needed to read YAML configs; install it with "
                           "pip install 'effcn[cli]'.") from None
     return yaml
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader():
+    """yaml.SafeLoader, except that only true/false are booleans (YAML 1.2): YAML 1.1 also reads
+    on/off/yes/no as booleans, which would turn ``train.amp=off`` into False."""
+    yaml = _yaml()
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:bool"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                 re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return Loader
+
+
+def _yaml_load(yaml, text: str):
+    return yaml.load(text, Loader=_yaml_loader())

@@ -3,10 +3,13 @@
 Used by the trainer and by ``effcn bench`` so that both time the same code. Each switch is a
 ``train.*`` config field (see config.py); BENCHMARKS.md has what each one measurably buys.
 
-- ``train.amp``: ``auto`` is bf16 autocast on CUDA and fp32 on CPU (on this project's CPUs bf16 is
-  not faster for this model, see BENCHMARKS.md); ``bf16`` forces it on any device; ``off``.
+- ``train.amp``: ``auto`` is bf16 autocast on CUDA and on CPUs that compute bf16 natively
+  (AVX512-BF16 or AMX: there oneDNN's bf16 convolutions make a training step 1.4-1.7x faster,
+  BENCHMARKS.md), fp32 on other CPUs (bf16 is emulated there and slower); ``bf16`` forces it on
+  any device; ``off`` is fp32 everywhere (use it for bit-for-bit comparisons across machines).
   bf16 has fp32's range, so no gradient scaler is needed (fp16 is not offered for that reason).
-  Losses are always computed in fp32 from fp32 copies of the outputs.
+  Losses are always computed in fp32 from fp32 copies of the outputs, and the capsule math
+  (squash, routing) stays fp32 (capsules.fp32).
 - ``train.channels_last``: NHWC weights and inputs (cuDNN/oneDNN's preferred layout on GPU).
 - ``train.compile``: ``torch.compile`` of the forward; ``train.compile_mode`` is passed through
   (``reduce-overhead`` uses CUDA graphs on CUDA against launch overhead at small batches; on CPU
@@ -25,11 +28,26 @@ from ..errors import ConfigError
 AMP_CHOICES = ("auto", "bf16", "off")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX tiles), as torch reports them."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        supported = getattr(torch.cpu, probe, None)  # private helpers; absent in old torch
+        try:
+            if supported is not None and supported():
+                return True
+        except Exception:  # noqa: BLE001 - a failing probe means: assume no bf16
+            pass
+    return False
+
+
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device``, or None for fp32."""
     if setting not in AMP_CHOICES:
         raise ConfigError(f"train.amp must be one of {', '.join(AMP_CHOICES)}, got {setting!r}.")
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+    if setting == "off":
+        return None
+    if setting == "auto" and device.type != "cuda" and not (device.type == "cpu"
+                                                            and cpu_has_native_bf16()):
         return None
     return torch.bfloat16
 

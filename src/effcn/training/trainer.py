@@ -421,6 +421,7 @@ class Trainer:
         """
         t = self.config.train
         self.amp_dtype = fastpath.amp_dtype(t.amp, self.device)
+        self.precision = "bf16 autocast" if self.amp_dtype is not None else "fp32"
         self.memory_format = fastpath.memory_format(t.channels_last)
         fastpath.prepare_model(self.model, t.channels_last)
         ddp = distributed.wrap(self.model, self.dist, self.device, t.sync_batchnorm)
@@ -448,7 +449,7 @@ class Trainer:
                               json.dumps(environment(self.device), indent=2))
             log = MetricsLog(self.run_dir / "metrics.jsonl")
         self._say(f"run directory: {self.run_dir}  ({len(self.train_y)} train / "
-                  f"{len(self.val_y)} val images, device {self.device})")
+                  f"{len(self.val_y)} val images, device {self.device}, {self.precision})")
         t_start = time.perf_counter()
         self._emit("on_fit_start")
         try:
@@ -508,7 +509,7 @@ class Trainer:
             "train_images": len(self.train_y), "train_seconds": train_seconds,
             "parameters": count_parameters(self.model),
             "parameters_without_decoder": count_parameters(self.model, include_decoder=False),
-            "device": str(self.device),
+            "device": str(self.device), "precision": self.precision,
             # wall time of this fit() call: data loading, training, test evaluation
             "wall_seconds": time.perf_counter() - getattr(self, "_wall_start", time.perf_counter()),
             "started": getattr(self, "_started", datetime.now()).isoformat(timespec="seconds"),
