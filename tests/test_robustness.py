@@ -4,12 +4,12 @@ that already exists is damaged. Also divergence handling and SIGKILL + resume.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -293,21 +293,33 @@ def test_skip_nonfinite_steps_option(synthetic_root, tmp_path):
     assert len(batches) == 7 - 1
 
 
+# The child trains and SIGKILLs itself from a batch callback once epoch 2 is part-way through:
+# a real SIGKILL (no cleanup runs), but at a known step, so a fast machine cannot finish the epoch
+# before a watcher in the test notices.
+_KILL_MID_EPOCH = """
+import json, os, signal, sys
+from effcn.training.config import load_config
+from effcn.training.trainer import Callback, Trainer
+
+class KillMidEpoch(Callback):
+    def on_batches(self, trainer, records):
+        if any(r["epoch"] == 2 and r["step"] >= 2 for r in records):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+config = load_config(None, json.loads(sys.argv[1]))
+Trainer(config, config_name="run", quiet=True, callbacks=(KillMidEpoch(),)).fit()
+"""
+
+
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
     """Bit-exact on CPU: a resumed run redoes the killed epoch from the last epoch checkpoint
     with the same (seed, epoch) generator, so it retraces the uninterrupted run exactly."""
     overrides = quick_overrides(synthetic_root, tmp_path, epochs=3, name="killed") + [
         "train.log_every=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "effcn", "train", *_sets(overrides)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, "-c", _KILL_MID_EPOCH, json.dumps(overrides)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # wait until epoch 2 is part-way through
-        if any(r["epoch"] == 2 and r["step"] >= 2 for r in read_metrics(metrics, "batch")):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     records = read_metrics(metrics)
     assert not any(r["kind"] == "epoch" and r["epoch"] >= 2 for r in records), \
         "the run finished epoch 2 before it could be killed"
