@@ -56,6 +56,10 @@ def test_train_eval_predict_end_to_end(synthetic_root, tmp_path):
     r = effcn("train", "--resume", str(run), "--set", "train.epochs=3", "--set", "train.progress=false")
     assert r.returncode == 0, r.stderr
     assert "epoch 3/3" in r.stdout
+    # the override is what the run's config now says, and the first start's environment is kept
+    assert "epochs: 3" in (run / "config.yaml").read_text()
+    env = json.loads((run / "env.json").read_text())
+    assert "torch" in env and len(env["resumes"]) == 1
 
     # bad predict inputs: wrong size, not an image
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")

@@ -54,7 +54,8 @@ def test_on_off_yes_no_stay_words_for_string_fields(tmp_path):
     ("model.name=capsnet9000", r"unknown model 'capsnet9000'"),
     ("model.args.num_clases=5", r"unknown config key model\.args\.num_clases; did you mean model\.args\.num_classes\?"),
     ("model.args.routing=dynamic", r"routing must be one of"),
-    ("data.val_size=-1", r"data\.val_size must not be negative"),
+    ("data.val_size=-1", r"data\.val_size must be positive"),
+    ("data.val_size=0", r"data\.val_size must be positive, got 0"),
     ("train.epochs", r"not of the form section\.key=value"),
     ("train=3", r"names a section, not a key"),
 ])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from effcn.errors import EffcnError
 from effcn.training.checkpoint import load_checkpoint
 from effcn.training.config import load_config
 from effcn.training.metrics import read_metrics
-from effcn.training.trainer import Callback, Trainer
+from effcn.training.trainer import Callback, Trainer, load_run_config
 
 from conftest import quick_overrides, write_synthetic_idx
 
@@ -266,7 +265,7 @@ class _PoisonAfterEpoch(Callback):
 def test_divergence_stops_with_clear_message_and_keeps_last_good_checkpoint(synthetic_root, tmp_path):
     config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=3, name="nan"))
     trainer = Trainer(config, quiet=True, callbacks=[_PoisonAfterEpoch()])
-    with pytest.raises(EffcnError, match=r"training diverged: the loss became nan at epoch 2"):
+    with pytest.raises(EffcnError, match=r"training diverged: the loss became nan at batch 0 in epoch 2"):
         trainer.fit()
     state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
     assert state["epoch"] == 1
@@ -291,6 +290,54 @@ def test_skip_nonfinite_steps_option(synthetic_root, tmp_path):
     assert epoch["skipped_steps"] == 1 and np.isfinite(epoch["train_loss"])
     batches = read_metrics(tmp_path / "skip" / "metrics.jsonl", "batch")
     assert len(batches) == 7 - 1
+
+
+class _PoisonAfterLastBatch(Callback):
+    """Sets a weight to NaN after epoch 2's last logged batch: every loss stayed finite."""
+
+    def on_batches(self, trainer, records):
+        if any(r["epoch"] == 2 and r["step"] == 6 for r in records):
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+
+def test_nonfinite_weights_after_a_finite_loss_are_never_saved(synthetic_root, tmp_path):
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=3, name="nanw"))
+    trainer = Trainer(config, quiet=True, callbacks=[_PoisonAfterLastBatch()])
+    with pytest.raises(EffcnError, match=r"diverged: a weight became non-finite in epoch 2; the "
+                                         r"last good weights \(epoch 1\)"):
+        trainer.fit()
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(tmp_path / "nanw" / "checkpoints" / name)
+        assert state["epoch"] == 1
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_kill_between_epoch_record_and_checkpoint_resumes_to_the_same_metrics(
+        synthetic_root, tmp_path, monkeypatch):
+    """The epoch record is written before last.pt: a run stopped between the two redoes the
+    epoch on resume, and its metrics file ends up as an uninterrupted run's."""
+    import effcn.training.trainer as trainer_module
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die_at_epoch_2(path, state):
+        if state["epoch"] == 2 and path.name == "last.pt":
+            raise KeyboardInterrupt  # stands in for a kill at this moment
+        real_save(path, state)
+
+    overrides = quick_overrides(synthetic_root, tmp_path, epochs=3, name="cut")
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(load_config(None, overrides), quiet=True).fit()
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl", "epoch")[-1]["epoch"] == 2
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    config = load_run_config(tmp_path / "cut")
+    Trainer(config, run_dir=tmp_path / "cut", resume=True, quiet=True).fit()
+    Trainer(load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=3, name="clean")),
+            quiet=True).fit()
+    keys = ("epoch", "train_loss", "val_loss", "val_acc")
+    ea, eb = (read_metrics(tmp_path / n / "metrics.jsonl", "epoch") for n in ("cut", "clean"))
+    assert [[e[k] for k in keys] for e in ea] == [[e[k] for k in keys] for e in eb]
 
 
 # The child trains and SIGKILLs itself from a batch callback once epoch 2 is part-way through:

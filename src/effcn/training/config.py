@@ -111,9 +111,10 @@ CHOICES = {
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_size",
-            "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor")
+            "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor",
+            "data.val_size")  # the validation split picks the best checkpoint: it cannot be empty
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
-                "schedule.gamma", "schedule.patience", "data.val_size", "data.train_subset",
+                "schedule.gamma", "schedule.patience", "data.train_subset",
                 "data.multimnist_test_digits",
                 "train.recon_weight", "run.recon_every", "run.checkpoint_every")
 

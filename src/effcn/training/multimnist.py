@@ -10,7 +10,6 @@ label counting half.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -20,8 +19,7 @@ import torch.nn.functional as F
 from ..capsules import margin_loss, reconstruction_loss
 from ..data.multimnist import MultiMNISTPairs, PartnerSampler, compose_batch, pad_digits
 from ..errors import ConfigError
-from ..models.efficient_capsnet import count_parameters
-from .checkpoint import atomic_write_text, load_checkpoint, load_model_weights
+from .checkpoint import load_checkpoint, load_model_weights
 from .metrics import MetricsLog
 from .trainer import Trainer, as_nchw, epoch_generator, load_split
 
@@ -143,7 +141,7 @@ class MultiMNISTTrainer(Trainer):
             lengths, recs = two_label_forward(self.model, x, y2)
             loss, margin, recon = two_label_loss(lengths, recs, parts, y2, cfg.train.recon_weight)
             if not torch.isfinite(loss):
-                self._diverged(epoch, step, loss)
+                self._diverged(epoch, f"the loss became {loss.item()} at batch {step}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -171,21 +169,12 @@ class MultiMNISTTrainer(Trainer):
         pairs = multimnist_test_pairs(self.config, self.device)
         metrics = evaluate_pairs(self.model, pairs, self.config.train.recon_weight,
                                  self.config.train.eval_batch_size)
-        summary = {
-            "run": self.run_dir.name, "model": self.model.model_name,
-            "dataset": self.config.data.dataset, "epochs": self.config.train.epochs,
-            "best_epoch": self.best["epoch"], "best_val_acc": self.best["val_acc"],
+        summary = self.write_summary(train_seconds, {
             "test_acc": metrics["acc"], "test_metric": "two-digit accuracy",
             "test_loss": metrics["loss"], "test_margin": metrics["margin"],
             "test_recon": metrics["recon"], "test_images": len(pairs),
             "test_digits": pairs.n_digits, "test_partners": pairs.partners,
-            "val_images": len(self.val_pairs), "train_images": len(self.train_y),
-            "train_seconds": train_seconds, "parameters": count_parameters(self.model),
-            "parameters_without_decoder": count_parameters(self.model, include_decoder=False),
-            "device": str(self.device),
-        }
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
-        self._emit("on_fit_end", summary)
+            "val_images": len(self.val_pairs)})
         self._say(f"two-digit test accuracy (best val epoch {summary['best_epoch']}): "
                   f"{summary['test_acc']:.4f} on {len(pairs)} test pairs ({pairs.n_digits} digits "
                   f"x {pairs.partners} partners)")

@@ -346,7 +346,7 @@ class Trainer:
         if not self.config.train.skip_nonfinite:
             for (step, _, _), v in zip(pending, values):
                 if not math.isfinite(v[0]):
-                    self._diverged(epoch, step, v[0])
+                    self._diverged(epoch, f"the loss became {v[0]} at batch {step}")
         if log is None:  # not rank 0: nothing to write (its figures are its shard's)
             return
         records = [{"kind": "batch", "epoch": epoch, "step": step, "lr": lr, "loss": v[0],
@@ -368,14 +368,18 @@ class Trainer:
         return tqdm(total=steps, desc=f"epoch {epoch}/{self.config.train.epochs}", leave=False,
                     unit="batch", dynamic_ncols=True)
 
-    def _diverged(self, epoch: int, step: int, loss: float):
-        """Stop on a non-finite loss; checkpoints on disk are from the last good epoch."""
+    def _diverged(self, epoch: int, cause: str):
+        """Stop on a non-finite loss or weight; checkpoints on disk are from the last good epoch."""
         kept = (f"the last good weights (epoch {epoch - 1}) are in {self.ckpt_dir / 'last.pt'}"
                 if (self.ckpt_dir / "last.pt").exists() else "no epoch had finished, so no "
                 "checkpoint was written")
-        raise EffcnError(f"training diverged: the loss became {loss} at epoch {epoch}, batch "
-                         f"{step}; {kept}; lower optim.lr (or set train.skip_nonfinite=true to "
-                         f"skip such steps) and retrain.")
+        raise EffcnError(f"training diverged: {cause} in epoch {epoch}; {kept}; lower optim.lr "
+                         f"(or set train.skip_nonfinite=true to skip such steps) and retrain.")
+
+    def _check_finite_weights(self, epoch: int):
+        """A finite loss can still leave non-finite weights (the epoch's last step): never save them."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._diverged(epoch, "a weight became non-finite")
 
     # ----------------------------------------------------------- checkpoints
     def _state(self, epoch: int) -> dict:
@@ -443,10 +447,13 @@ class Trainer:
             raise
         log = None
         if self.is_main:
-            if not self.resume:
-                save_yaml(cfg.to_dict(), self.run_dir / "config.yaml")
-            atomic_write_text(self.run_dir / "env.json",
-                              json.dumps(environment(self.device), indent=2))
+            # On resume too: --set overrides (e.g. more epochs) must be what a later resume reads.
+            save_yaml(cfg.to_dict(), self.run_dir / "config.yaml")
+            env = environment(self.device)
+            if self.resume and (self.run_dir / "env.json").is_file():  # keep the first start's
+                first = json.loads((self.run_dir / "env.json").read_text())
+                env = {**first, "resumes": first.get("resumes", []) + [env]}
+            atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
             log = MetricsLog(self.run_dir / "metrics.jsonl")
         self._say(f"run directory: {self.run_dir}  ({len(self.train_y)} train / "
                   f"{len(self.val_y)} val images, device {self.device}, {self.precision})")
@@ -472,12 +479,15 @@ class Trainer:
                         self.scheduler.step(val["val_acc"])
                     else:
                         self.scheduler.step()
+                self._check_finite_weights(epoch)
                 if self.is_main:
+                    # The record goes first: a kill between the two writes leaves last.pt at
+                    # the epoch before, and resume drops this record and redoes the epoch.
+                    log.write([record])
                     state = self._state(epoch)
                     if improved:
                         save_checkpoint(self.ckpt_dir / "best.pt", state)
                     save_checkpoint(self.ckpt_dir / "last.pt", state)
-                    log.write([record])  # after the checkpoint: a logged epoch is a saved epoch
                 self._emit("on_epoch_end", record)
                 self._say(f"epoch {epoch}/{cfg.train.epochs}  loss {train['train_loss']:.4f}  "
                           f"train acc {train['train_acc']:.4f}  val acc {val['val_acc']:.4f}  "
@@ -499,13 +509,21 @@ class Trainer:
         test = load_split(self.config, "test")
         test_x, test_y = as_nchw(test.images).to(self.device), test.labels.long().to(self.device)
         metrics = self.evaluate(test_x, test_y)
+        summary = self.write_summary(train_seconds, {
+            "test_acc": metrics["acc"], "test_loss": metrics["loss"],
+            "test_margin": metrics["margin"], "test_recon": metrics["recon"],
+            "test_images": len(test_y), "val_images": len(self.val_y)})
+        self._say(f"test accuracy (best val epoch {summary['best_epoch']}): "
+                  f"{summary['test_acc']:.4f} on {len(test_y)} test images")
+        return summary
+
+    def write_summary(self, train_seconds: float, test: dict) -> dict:
+        """summary.json: the test figures of ``test`` inside the run's statistics (also for
+        subclasses with their own test metric)."""
         summary = {
             "run": self.run_dir.name, "model": self.model.model_name,
             "dataset": self.config.data.dataset, "epochs": self.config.train.epochs,
-            "best_epoch": self.best["epoch"], "best_val_acc": self.best["val_acc"],
-            "test_acc": metrics["acc"], "test_loss": metrics["loss"],
-            "test_margin": metrics["margin"], "test_recon": metrics["recon"],
-            "test_images": len(test_y), "val_images": len(self.val_y),
+            "best_epoch": self.best["epoch"], "best_val_acc": self.best["val_acc"], **test,
             "train_images": len(self.train_y), "train_seconds": train_seconds,
             "parameters": count_parameters(self.model),
             "parameters_without_decoder": count_parameters(self.model, include_decoder=False),
@@ -518,8 +536,6 @@ class Trainer:
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         self._emit("on_fit_end", summary)
-        self._say(f"test accuracy (best val epoch {summary['best_epoch']}): "
-                  f"{summary['test_acc']:.4f} on {len(test_y)} test images")
         return summary
 
     def _emit(self, event: str, *args) -> None:
