@@ -58,5 +58,45 @@ def test_sweep_runs_in_parallel_aggregates_and_resumes(synthetic_root, tmp_path)
     md = (out / "results.md").read_text()
     assert "| train.recon_weight | n |" in md and md.count("| 2 |") == 2  # two settings, n = 2 each
     assert (out / "results.png").stat().st_size > 0
+    assert all(float(row["wall_seconds"]) >= float(row["train_seconds"]) > 0 for row in rows)
+    # a run without its summary (interrupted after its last checkpoint) is resumed, not redone
+    (out / rows[0]["run"] / "summary.json").unlink()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("skipped (finished)") == 4
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped (finished)") == 3 and again.stdout.count(": resumed") == 1
+    assert (out / rows[0]["run"] / "summary.json").is_file()
+
+
+def test_random_search_is_seeded_and_names_every_sample_apart(tmp_path):
+    spec = tmp_path / "r.yaml"
+    # values that agree to 3 digits: their run names must still differ
+    spec.write_text("random:\n  samples: 3\n  seed: 7\n  params:\n"
+                    "    optim.lr: {log_uniform: [1.0e-3, 1.001e-3]}\n"
+                    "    train.batch_size: {choice: [16, 32]}\nseeds: [1]\n")
+    runs = expand(load_sweep(spec))
+    assert [r.name.split("-")[0] for r in runs] == ["r0", "r1", "r2"]
+    assert all(1e-3 <= r.params["optim.lr"] <= 1.001e-3 and r.params["train.batch_size"] in (16, 32)
+               for r in runs)
+    assert [r.params for r in expand(load_sweep(spec))] == [r.params for r in runs]
+
+
+def test_grid_value_listed_twice_is_refused(tmp_path):
+    spec = tmp_path / "d.yaml"
+    spec.write_text("grid:\n  train.epochs: [1, 1]\n")
+    with pytest.raises(ConfigError, match="share the run folder"):
+        expand(load_sweep(spec))
+
+
+def test_sweep_with_a_failing_run_exits_non_zero(synthetic_root, tmp_path):
+    spec = _write_spec(tmp_path, synthetic_root).read_text().replace(
+        "train.recon_weight: [0.0, 0.392]", "data.val_size: [40, 100000]").replace(
+        "seeds: [1, 2]", "seeds: [1]").replace("  - data.val_size=40\n", "")
+    (tmp_path / "fail.yaml").write_text(spec)
+    r = subprocess.run([sys.executable, "-m", "effcn", "sweep", str(tmp_path / "fail.yaml")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert "val_size=100000-seed1: failed: effcn train: error: data.val_size=100000 leaves no " \
+           "training images" in r.stdout
+    assert "1 run(s) of the sweep failed (val_size=100000-seed1)" in r.stderr
+    rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").open()))
+    assert [bool(row["test_acc"]) for row in rows] == [True, False]

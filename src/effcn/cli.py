@@ -341,9 +341,13 @@ def cmd_datasets(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .sweep import run_sweep
-    results = run_sweep(args.spec, workers=args.workers, dry_run=args.dry_run)
+    results, failed = run_sweep(args.spec, workers=args.workers, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"written: {results}, {results.with_suffix('.csv')}, {results.with_suffix('.png')}")
+    if failed:
+        print(f"effcn: {len(failed)} run(s) of the sweep failed ({', '.join(failed)}); read the "
+              f"reason above, fix it and run the sweep again to retry them.", file=sys.stderr)
+        return 1
     return 0
 
 

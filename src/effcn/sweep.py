@@ -85,21 +85,29 @@ def expand(spec: dict) -> list[SweepRun]:
                                   f"{len(keys)} values, got {v!r}.")
             axis.append(dict(zip(keys, bundle)))
         combos = [{**c, **a} for c in combos for a in axis]
+    prefixes = [""] * len(combos)
     if spec.get("random"):
-        combos = _random_combos(spec["random"], combos)
+        combos, prefixes = _random_combos(spec["random"], combos)
     runs = []
-    for params in combos:
+    for prefix, params in zip(prefixes, combos):
         for seed in spec["seeds"]:
             label = "-".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
-            runs.append(SweepRun(f"{label or 'base'}-seed{seed}", params, int(seed)))
+            runs.append(SweepRun(f"{prefix}{label or 'base'}-seed{seed}", params, int(seed)))
             load_config(spec.get("base"), overrides_for(spec, runs[-1]))  # fail early
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):  # one folder for two runs would skip the second silently
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"two runs of the sweep would share the run folder {dup}; list each "
+                          f"grid value once.")
     return runs
 
 
-def _random_combos(rand: dict, grid: list[dict]) -> list[dict]:
+def _random_combos(rand: dict, grid: list[dict]) -> tuple[list[dict], list[str]]:
+    """The sampled settings, and a name prefix per setting ("r0-", "r1-", ...): values shown to
+    3 digits in run names could otherwise coincide."""
     rng = random.Random(rand.get("seed", 0))
-    out = []
-    for _ in range(int(rand.get("samples", 1))):
+    out, prefixes = [], []
+    for i in range(int(rand.get("samples", 1))):
         sample = {}
         for key, dist in (rand.get("params") or {}).items():
             if "choice" in dist:
@@ -112,11 +120,13 @@ def _random_combos(rand: dict, grid: list[dict]) -> list[dict]:
             else:
                 raise ConfigError(f"random param {key!r} needs choice, uniform or log_uniform.")
         out += [{**g, **sample} for g in grid]
-    return out
+        prefixes += [f"r{i}-"] * len(grid)
+    return out, prefixes
 
 
 def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    """A value as it appears in run names and tables (path separators would nest folders)."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v).replace("/", "_").replace(os.sep, "_")
 
 
 def overrides_for(spec: dict, run: SweepRun) -> list[str]:
@@ -150,8 +160,10 @@ def run_one(spec: dict, run: SweepRun, threads: int) -> tuple[SweepRun, str]:
     return run, status
 
 
-def run_sweep(path: str | Path, workers: int | None = None, dry_run: bool = False) -> Path:
-    """Run (or continue) a sweep and write its results; returns the results.md path."""
+def run_sweep(path: str | Path, workers: int | None = None,
+              dry_run: bool = False) -> tuple[Path, list[str]]:
+    """Run (or continue) a sweep and write its results; returns the results.md path and the
+    names of the runs that failed (their rows stay empty; re-running the sweep retries them)."""
     spec = load_sweep(path)
     runs = expand(spec)
     workers = workers or spec["workers"]
@@ -161,12 +173,15 @@ def run_sweep(path: str | Path, workers: int | None = None, dry_run: bool = Fals
     if dry_run:
         for r in runs:
             print(f"  {r.name}: {' '.join(overrides_for(spec, r)[:-3])}")
-        return Path(spec["dir"]) / "results.md"
+        return Path(spec["dir"]) / "results.md", []
     threads = max(1, (os.cpu_count() or 1) // workers)
+    failed = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, (run, status) in enumerate(pool.map(lambda r: run_one(spec, r, threads), runs), 1):
             print(f"[{i}/{len(runs)}] {run.name}: {status}", flush=True)
-    return write_results(spec, runs)
+            if status.startswith("failed"):
+                failed.append(run.name)
+    return write_results(spec, runs), failed
 
 
 def write_results(spec: dict, runs: list[SweepRun]) -> Path:
@@ -179,8 +194,9 @@ def write_results(spec: dict, runs: list[SweepRun]) -> Path:
         s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         rows.append({**run.params, "seed": run.seed, "run": run.name,
                      "best_val_acc": s.get("best_val_acc"), "test_acc": s.get("test_acc"),
-                     "train_seconds": s.get("train_seconds"), spec["metric"]: s.get(spec["metric"])})
-    columns = [*keys, "seed", "run", "best_val_acc", "test_acc", "train_seconds"]
+                     "train_seconds": s.get("train_seconds"), "wall_seconds": s.get("wall_seconds"),
+                     spec["metric"]: s.get(spec["metric"])})
+    columns = [*keys, "seed", "run", "best_val_acc", "test_acc", "train_seconds", "wall_seconds"]
     if spec["metric"] not in columns:
         columns.append(spec["metric"])
     lines = [",".join(columns)]
@@ -191,7 +207,8 @@ def write_results(spec: dict, runs: list[SweepRun]) -> Path:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-    metrics = list(dict.fromkeys(["best_val_acc", "test_acc", spec["metric"], "train_seconds"]))
+    metrics = list(dict.fromkeys(["best_val_acc", "test_acc", spec["metric"], "train_seconds",
+                                  "wall_seconds"]))
     md = [f"Sweep `{spec['dir']}`: mean ± sample std over seeds {spec['seeds']} "
           f"(n = finished runs per setting).", "",
           "| " + " | ".join([*keys, "n", *metrics]) + " |",
