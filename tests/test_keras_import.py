@@ -246,16 +246,24 @@ def test_real_authors_file_maps_every_tensor_and_matches_numpy():
                                rtol=1e-3, atol=1e-5)
 
 
-def test_mnist_preset_maps_batchnorm_and_the_fc_decoder(tmp_path):
-    """The MNIST preset's layout (BatchNorm with moving statistics, Dense decoder)."""
-    caps, cin = [], 1
+@pytest.mark.parametrize("moving_stats_last", [True, False], ids=["nested-model", "flat"])
+def test_mnist_preset_maps_batchnorm_and_the_fc_decoder(tmp_path, moving_stats_last):
+    """The MNIST preset's layout (BatchNorm with moving statistics, Dense decoder). Keras saves
+    a nested model (the authors' capsule network) trainable weights first, so the moving
+    statistics of every BatchNorm come after digit_caps; a flat model keeps them in place."""
+    caps, moving, cin = [], [], 1
     for i, (cout, k) in enumerate(((32, 5), (64, 3), (64, 3), (128, 3))):
         bn = "batch_normalization" + (f"_{i}" if i else "")
         caps += [(f"conv2d_{i}", "kernel", (k, k, cin, cout)), (f"conv2d_{i}", "bias", (cout,))]
-        caps += [(bn, w, (cout,)) for w in ("gamma", "beta", "moving_mean", "moving_variance")]
+        caps += [(bn, w, (cout,)) for w in ("gamma", "beta")]
+        stats = [(bn, w, (cout,)) for w in ("moving_mean", "moving_variance")]
+        if moving_stats_last:
+            moving += stats
+        else:
+            caps += stats
         cin = cout
     caps += [("conv2d_4", "kernel", (9, 9, 1, 128)), ("conv2d_4", "bias", (128,)),
-             ("digit_caps", "W", (10, 16, 8, 16)), ("digit_caps", "b", (10, 16, 1))]
+             ("digit_caps", "W", (10, 16, 8, 16)), ("digit_caps", "b", (10, 16, 1))] + moving
     gen = []
     for i, (a, b) in enumerate(((160, 512), (512, 1024), (1024, 784))):
         name = "dense" + (f"_{i}" if i else "")
@@ -267,6 +275,10 @@ def test_mnist_preset_maps_batchnorm_and_the_fc_decoder(tmp_path):
     sd = model.state_dict()
     np.testing.assert_array_equal(sd["stem.2.running_var"].numpy(),
                                   w["batch_normalization/moving_variance"])
+    np.testing.assert_array_equal(sd["stem.11.running_mean"].numpy(),
+                                  w["batch_normalization_3/moving_mean"])
+    np.testing.assert_array_equal(sd["stem.9.weight"].numpy(),
+                                  w["conv2d_3/kernel"].transpose(3, 2, 0, 1))
     np.testing.assert_array_equal(sd["decoder.net.4.weight"].numpy(), w["dense_2/kernel"].T)
     with pytest.raises(CheckpointError, match="holds 28 tensors but the smallnorb preset expects 20"):
         import_keras_weights(path, "smallnorb")

@@ -11,7 +11,8 @@ effcn model's own layers, and converted from Keras layouts:
 - conv kernels HWIO (kh, kw, in / groups, out) -> OIHW (out, in / groups, kh, kw); the primary
   capsules' conv is a Keras Conv2D with ``groups=channels``, kernel (k, k, 1, C) -> (C, 1, k, k);
 - dense kernels (in, out) -> (out, in);
-- InstanceNorm gamma/beta and BatchNorm gamma/beta/moving mean/moving variance as they are;
+- InstanceNorm gamma/beta and BatchNorm gamma/beta/moving mean/moving variance as they are
+  (the moving statistics may come after all trainable tensors: see ``keras_order``);
 - digit_caps W (n_out, n_in, d_in, d_out) as it is; b (n_out, n_in, 1) -> (n_out, n_in).
 
 Every name kind and shape is checked before anything is written; a file that does not match the
@@ -124,7 +125,22 @@ def _find_groups(f, path: Path):
     return caps[0], (others[0] if len(others) == 1 else None), others
 
 
+_NON_TRAINABLE = ("moving_mean", "moving_variance")
+
+
+def keras_order(slots: List[Slot], tensors) -> List[Slot]:
+    """``slots`` in the order of the file's tensors. Keras saves a nested model's weights as
+    all its trainable weights, then all non-trainable ones (BatchNorm moving statistics), so
+    in the authors' files the moving statistics come last; a flat save keeps them beside
+    gamma and beta. Both are accepted: the order whose layer kinds and names fit is used."""
+    last = ([s for s in slots if s[1] not in _NON_TRAINABLE] +
+            [s for s in slots if s[1] in _NON_TRAINABLE])
+    names = [name.rpartition("/")[2].split(":")[0] for name, _ in tensors]
+    return last if [s[1] for s in last] == names else slots
+
+
 def _match(slots: List[Slot], tensors, state: dict, group: str, path: Path, preset: str) -> dict:
+    slots = keras_order(slots, tensors)
     if len(tensors) != len(slots):
         raise CheckpointError(f"{path} group {group} holds {len(tensors)} tensors but the "
                               f"{preset} preset expects {len(slots)}; this file belongs to "
