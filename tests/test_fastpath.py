@@ -115,6 +115,23 @@ def test_compile_switch_off_is_the_model_itself():
     assert fastpath.maybe_compile(model, False) is model
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, mode):
+    """reduce-overhead (CUDA graphs) becomes default off CUDA; a backend that cannot compile
+    leaves the eager model, so a run never fails for want of a compiler."""
+    model = create_model("efficient_capsnet_tiny")
+    asked = []
+
+    def broken_compile(m, mode=None):
+        asked.append(mode)
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="no C.. compiler.*training eagerly"):
+        assert fastpath.maybe_compile(model, True, mode) is model
+    assert asked == [None if mode == "default" or not torch.cuda.is_available() else mode]
+
+
 @pytest.mark.slow  # compiling takes minutes on a busy 2-core CPU
 def test_compiled_model_matches_eager():
     torch.manual_seed(0)
@@ -167,7 +184,6 @@ def test_synthetic_images_are_uint8_with_a_bright_box():
 
 
 def test_reference_model_is_the_same_network_and_its_augmentation_keeps_shape():
-    np = pytest.importorskip("numpy")
     pytest.importorskip("scipy")
     pytest.importorskip("PIL")
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -80,8 +80,8 @@ def maybe_compile(model, enabled: bool, mode: str = "default"):
         return model
     if mode == "reduce-overhead" and not torch.cuda.is_available():
         mode = "default"  # CUDA graphs need CUDA
-    import torch._dynamo
-    torch._dynamo.config.suppress_errors = True
+    from torch import _dynamo  # (not "import torch._dynamo": that makes torch a local name here)
+    _dynamo.config.suppress_errors = True
     try:
         return torch.compile(model, mode=None if mode == "default" else mode)
     except Exception as e:  # noqa: BLE001 - any backend failure means: run eagerly
