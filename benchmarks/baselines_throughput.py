@@ -115,7 +115,7 @@ def main() -> None:
           f"{args.seconds:g} s; train batch {bs}, eval batch {ebs}; images/s: best round "
           f"(median); ratio of best rounds to Efficient-CapsNet")
     base = {p: max(rates[MODELS[1], p]) for p in ("train", "eval")}
-    print(f"| model | train img/s | train vs effcn | eval img/s | eval vs effcn |")
+    print("| model | train img/s | train vs effcn | eval img/s | eval vs effcn |")
     print("|---|---:|---:|---:|---:|")
     for name in MODELS:
         cells = []

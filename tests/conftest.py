@@ -49,7 +49,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 def quick_overrides(root: Path, run_dir: Path, epochs: int = 2, name: str = "quick") -> list[str]:
     """--set overrides for a seconds-long CPU run of the tiny model on the synthetic data."""
-    return [f"data.dataset=idx", f"data.root={root}", "data.val_size=40",
+    return ["data.dataset=idx", f"data.root={root}", "data.val_size=40",
             "model.name=efficient_capsnet_tiny", f"train.epochs={epochs}", "train.batch_size=32",
             "train.eval_batch_size=64", "train.progress=false", "train.log_every=3",
             "optim.lr=0.003", f"run.dir={run_dir}", f"run.name={name}", "train.device=cpu"]

@@ -2,7 +2,6 @@
 filters, curves, `effcn visualize` and `effcn runs` (tiny synthetic runs on the CPU)."""
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 
 import io
 import json
-import pickle
 
 import pytest
 import torch

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch

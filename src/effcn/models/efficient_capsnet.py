@@ -15,7 +15,7 @@ decoder), multimnist, affnist (40x40), smallnorb (151,664), cifar10, and tiny va
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch

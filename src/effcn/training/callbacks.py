@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from ..errors import ConfigError, EffcnError
 from .checkpoint import save_checkpoint
