@@ -65,7 +65,7 @@ def test_read_affnist_mat_bad_files(tmp_path):
         read_affnist_mat(tmp_path / "junk.mat")
 
 
-def test_affnist_dataset_splits_and_missing(tmp_path):
+def test_affnist_dataset_splits_and_missing(tmp_path, monkeypatch):
     root = tmp_path / "data"
     (root / "affnist" / "training_and_validation_batches").mkdir(parents=True)
     write_affnist_mat(root / "affnist" / "test.mat", asymmetric_images(4), np.array([0, 1, 2, 3]))
@@ -74,6 +74,14 @@ def test_affnist_dataset_splits_and_missing(tmp_path):
     for i in range(1, 33):
         write_affnist_mat(root / "affnist" / "training_and_validation_batches" / f"{i}.mat",
                           asymmetric_images(2, seed=i), np.array([i % 10, (i + 1) % 10]))
+    # the real files' image counts are checked: these small files are refused as cut short
+    with pytest.raises(DataError, match=r"test.mat holds 4 images, but the real test file holds "
+                                        r"320,000"):
+        AffNIST(root, "test")
+    with pytest.raises(DataError, match=r"1.mat holds 2 images, but the real train files hold "
+                                        r"60,000 each"):
+        AffNIST(root, "train")
+    monkeypatch.setattr(AffNIST, "images_per_file", {"test": 4, "train": 2})
     test, train = AffNIST(root, "test"), AffNIST(root, "train")
     assert test.images.shape == (4, 40, 40) and test.labels.tolist() == [0, 1, 2, 3]
     assert len(train) == 64 and train.labels[:2].tolist() == [1, 2]
@@ -89,6 +97,7 @@ def test_affnist_download_checks_and_extracts(tmp_path, monkeypatch):
         zf.write(src / "test.mat", "test.mat")
     (src / "bad").mkdir()
     (src / "bad" / "test.mat.zip").write_bytes(b"not a zip")
+    monkeypatch.setattr(AffNIST, "images_per_file", {})
     monkeypatch.setattr(AffNIST, "base_url", (src / "bad").as_uri() + "/")
     with pytest.raises(DataError, match="not a zip archive"):
         AffNIST(tmp_path / "root", "test", download=True)

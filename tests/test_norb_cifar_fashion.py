@@ -177,6 +177,19 @@ def test_cifar10_refuses_a_wrong_archive_and_code_in_pickles(tmp_path, monkeypat
         load_batch(pickle.dumps({b"data": Evil(), b"labels": []}), "evil")
 
 
+@pytest.mark.parametrize("blob, phrase", [
+    (cifar_batch(4, 0)[0][:300], "is not a CIFAR-10 python batch"),  # truncated
+    (pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [1, 2]}),
+     r"holds data of shape \(2, 3000\)"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2, 3]}),
+     r"and \(3,\) labels"),
+    (pickle.dumps([1, 2]), "lacks the b'data' and b'labels' entries"),
+])
+def test_cifar10_bad_batches_are_refused(blob, phrase):
+    with pytest.raises(DataError, match=phrase):
+        load_batch(blob, "data_batch_1")
+
+
 def test_cifar10_archive_with_outside_member_is_refused(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -94,6 +94,18 @@ CLI_CASES = [
     ("MNIST checksum mismatch", lambda t, run, root: [
         "train", "--set", "data.dataset=mnist", "--set", f"data.root={root}", "--set", f"run.dir={t}/r"],
      "SHA-256"),
+    ("truncated smallNORB file", lambda t, run, root: [
+        "train", "--set", "data.dataset=smallnorb", "--set", f"data.root={_bad_smallnorb(t)}",
+        "--set", f"run.dir={t}/r"],
+     "holds 36852 data bytes but its header (4, 2, 96, 96) needs 73728"),
+    ("CIFAR-10 checksum mismatch", lambda t, run, root: [
+        "train", "--set", "data.dataset=cifar10", "--set", f"data.root={_bad_cifar(t)}",
+        "--set", f"run.dir={t}/r"],
+     "is corrupt or a different version: its MD5"),
+    ("truncated affNIST .mat", lambda t, run, root: [
+        "train", "--set", "data.dataset=affnist", "--set", f"data.root={_bad_affnist(t)}",
+        "--set", f"run.dir={t}/r"],
+     "1.mat is not a readable MATLAB file"),
     ("unknown config key", lambda t, run, root: ["train", "--set", "train.epoch=3"],
      "did you mean train.epochs?"),
     ("unknown section", lambda t, run, root: ["train", "--set", "optimizer.lr=3"],
@@ -132,6 +144,46 @@ CLI_CASES = [
     ("resume without checkpoint", lambda t, run, root: ["train", "--resume", str(_empty_run(t))],
      "has no checkpoints/last.pt"),
 ]
+
+
+def _bad_smallnorb(t: Path) -> Path:
+    """smallNORB in the real file names, the training images cut to half their bytes."""
+    import gzip
+
+    from test_norb_cifar_fashion import write_smallnorb
+    root = t / "norb"
+    root.mkdir()
+    write_smallnorb(root, n=4)
+    images = next(root.glob("*training-dat.mat.gz"))
+    raw = gzip.decompress(images.read_bytes())
+    images.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    return root
+
+
+def _bad_cifar(t: Path) -> Path:
+    """CIFAR-10's extracted batches in the real layout, with contents that are not the real
+    ones (so their MD5s differ)."""
+    from effcn.data.cifar10 import CIFAR10
+    from test_norb_cifar_fashion import cifar_batch
+    folder = t / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(CIFAR10.files["train"] + CIFAR10.files["test"]):
+        (folder / name).write_bytes(cifar_batch(4, i)[0])
+    return folder.parent
+
+
+def _bad_affnist(t: Path) -> Path:
+    """affNIST's 32 training batches and test file, the first batch cut in half."""
+    from test_affnist import asymmetric_images, write_affnist_mat
+    folder = t / "aff" / "affnist"
+    (folder / "training_and_validation_batches").mkdir(parents=True)
+    for i in range(1, 33):
+        write_affnist_mat(folder / "training_and_validation_batches" / f"{i}.mat",
+                          asymmetric_images(2, seed=i), np.array([1, 2]))
+    write_affnist_mat(folder / "test.mat", asymmetric_images(2), np.array([1, 2]))
+    first = folder / "training_and_validation_batches" / "1.mat"
+    first.write_bytes(first.read_bytes()[:100])
+    return folder.parent
 
 
 def _typo_yaml(t: Path) -> Path:

@@ -115,6 +115,9 @@ class AffNIST(torch.utils.data.Dataset):
     splits = ("test", "train")
     classes = [str(i) for i in range(10)]
     base_url = AFFNIST_BASE_URL
+    # No published checksums exist for the affNIST files (and none could be computed offline):
+    # each file's image count is checked instead, so a truncated or other file is caught.
+    images_per_file = {"test": 320_000, "train": 60_000}
 
     def __init__(self, root: Optional[os.PathLike] = None, split: str = "test", download: bool = False):
         if split not in self.splits:
@@ -130,7 +133,15 @@ class AffNIST(torch.utils.data.Dataset):
                     f"or pass download=True (CLI: --set data.download=true).")
             folder = self.download(root, split)
         self.root = folder
-        parts = [read_affnist_mat(folder / f) for f in self.files_of(split)]
+        parts = []
+        for f in self.files_of(split):
+            parts.append(read_affnist_mat(folder / f))
+            want = self.images_per_file.get(split)
+            if want is not None and len(parts[-1][1]) != want:
+                raise DataError(f"affNIST file {folder / f} holds {len(parts[-1][1])} images, but "
+                                f"the real {split} file{'s hold' if split == 'train' else ' holds'} "
+                                f"{want:,} each; it is cut short or another file: delete it and "
+                                f"download it again (CLI: --set data.download=true).")
         self.images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         self.labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
 
