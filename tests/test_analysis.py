@@ -49,6 +49,10 @@ def test_summary_has_run_statistics(run):
     assert [r["epoch"] for r in epoch_records] == [1, 2]
     for key in ("train_margin", "train_recon", "val_acc", "lr", "train_images_per_s"):
         assert all(isinstance(r[key], float) for r in epoch_records)
+    batch_records = [r for r in epochs if r["kind"] == "batch"]
+    for key in ("loss", "margin", "recon", "acc", "lr", "images_per_s"):
+        assert batch_records and all(isinstance(r[key], float) for r in batch_records)
+    assert all(r["images_per_s"] > 0 for r in batch_records)
 
 
 def test_reconstruction_grid_holds_the_32_fixed_validation_images(run):

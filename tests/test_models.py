@@ -72,3 +72,18 @@ def test_unknown_model_and_field_are_clear_errors():
         create_model("efficient_capsnet_mnst")
     with pytest.raises(ConfigError, match="no config field"):
         create_model("efficient_capsnet_mnist", num_clases=5)
+
+
+def test_optional_dependencies_are_imported_only_where_used():
+    """The core (models, data, trainer, CLI) imports none of the extras: a plain
+    ``pip install effcn`` (torch + numpy) can train, and matplotlib, TensorBoard, scipy and h5py
+    load only for the figure, TensorBoard, affNIST and Keras-import code that needs them."""
+    import subprocess
+    import sys
+    code = ("import sys; import effcn, effcn.cli, effcn.training.trainer, effcn.training.callbacks, "
+            "effcn.analysis, effcn.data, effcn.keras_import, effcn.sweep, effcn.bench; "
+            "print(','.join(m for m in ('matplotlib', 'tensorboard', 'scipy', 'h5py', 'PIL') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""

@@ -134,7 +134,7 @@ class MultiMNISTTrainer(Trainer):
         steps = math.ceil(n / bs)
         pending, sums = [], torch.zeros(4, device=self.device, dtype=torch.float64)
         bar = self._progress(steps, epoch)
-        t0 = time.perf_counter()
+        t0 = self._flushed_at = time.perf_counter()
         for step in range(steps):
             idx = perm[step * bs:(step + 1) * bs]
             x, y2, parts = compose_batch(self.train_x, self.train_y, idx, self.sampler, g)

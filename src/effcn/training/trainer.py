@@ -303,7 +303,7 @@ class Trainer:
         steps = distributed.steps_per_epoch(n, bs, self.dist)
         pending, sums = [], torch.zeros(5, device=self.device, dtype=torch.float64)
         bar = self._progress(steps, epoch)
-        t0 = time.perf_counter()
+        t0 = self._flushed_at = time.perf_counter()
         for step in range(steps):
             idx = distributed.shard(perm[step * bs:(step + 1) * bs], self.dist)
             x = self.augment(self.train_x[idx].float().div_(255), generator=aug_g)
@@ -349,8 +349,12 @@ class Trainer:
                     self._diverged(epoch, f"the loss became {v[0]} at batch {step}")
         if log is None:  # not rank 0: nothing to write (its figures are its shard's)
             return
+        # Throughput over the batches of this flush (the values above already waited for them).
+        now = time.perf_counter()
+        images_per_s = len(pending) * self.config.train.batch_size / (now - self._flushed_at)
+        self._flushed_at = now
         records = [{"kind": "batch", "epoch": epoch, "step": step, "lr": lr, "loss": v[0],
-                    "margin": v[1], "recon": v[2], "acc": v[3]}
+                    "margin": v[1], "recon": v[2], "acc": v[3], "images_per_s": images_per_s}
                    for (step, lr, _), v in zip(pending, values)]
         log.write(records)
         self._emit("on_batches", records)
