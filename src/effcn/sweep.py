@@ -255,14 +255,18 @@ def _plot(path: Path, keys: list, table: list, metric: str) -> None:
     for values, xs in table:
         if xs:
             lines.setdefault(tuple(values[1:]), []).append((values[0] if values else 0, xs))
+    # One categorical x axis shared by every line (the lines may cover different values).
+    order = lambda v: (isinstance(v, str), v)  # noqa: E731
+    xvalues = sorted({p[0] for points in lines.values() for p in points}, key=order)
+    position = {v: i for i, v in enumerate(xvalues)}
     for rest, points in lines.items():
-        points.sort(key=lambda p: (isinstance(p[0], str), p[0]))
-        labels = [str(p[0]) for p in points]
+        points.sort(key=lambda p: order(p[0]))
         means = [statistics.fmean(p[1]) for p in points]
         errs = [statistics.stdev(p[1]) if len(p[1]) > 1 else 0 for p in points]
         name = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(keys[1:], rest)) or metric
-        ax.errorbar(range(len(points)), means, yerr=errs, marker="o", capsize=3, label=name)
-        ax.set_xticks(range(len(points)), labels)
+        ax.errorbar([position[p[0]] for p in points], means, yerr=errs, marker="o", capsize=3,
+                    label=name)
+    ax.set_xticks(range(len(xvalues)), [_fmt(v) for v in xvalues])
     ax.set_xlabel(keys[0] if keys else "")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
     ax.legend(fontsize=7)
