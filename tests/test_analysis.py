@@ -12,6 +12,7 @@ from effcn.analysis import routing as RT
 from effcn.analysis.filters import feature_maps, first_layer_filters
 from effcn.analysis.perturbation import dimension_effect, perturb_capsule, perturbation_grid
 from effcn.analysis.probe import require_capsules
+from effcn.analysis.visualize import visualize_run
 from effcn.capsules import squash
 from effcn.cli import main
 from effcn.errors import ConfigError, EffcnError
@@ -235,6 +236,23 @@ def test_visualize_writes_every_figure(run, capsys):
     # --epoch draws from that epoch's checkpoint
     assert main(["visualize", str(run_dir), "--epoch", "1", "--what", "recon"]) == 0
     assert (fig / "reconstructions_epoch001.png").is_file()
+
+
+def test_recon_and_gif_need_only_pillow(run, tmp_path, monkeypatch):
+    """Without matplotlib, the reconstruction grid and GIF are still drawn (Pillow alone)."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    written = visualize_run(run[0], kinds=("recon", "gif"), out_dir=tmp_path, say=lambda _: None)
+    assert [p.name for p in written] == ["reconstructions.png", "reconstructions.gif"]
+    with pytest.raises(EffcnError, match="matplotlib"):
+        visualize_run(run[0], kinds=("curves",), out_dir=tmp_path, say=lambda _: None)
 
 
 def test_visualize_and_runs_errors(run, tmp_path, capsys):

@@ -104,7 +104,8 @@ def visualize_run(run: str | Path, kinds=KINDS, epoch: int | None = None, n_imag
     from ..training.config import config_from_dict
     from ..training.trainer import resolve_device
     from .imageio import pyplot, save_figure, save_png
-    pyplot()  # fail early without matplotlib
+    if set(kinds) - {"recon", "gif"}:
+        pyplot()  # fail early without matplotlib (recon and gif need only Pillow)
     run_dir = Path(run)
     if not (run_dir / "config.yaml").is_file():
         raise EffcnError(f"{run_dir} is not an effcn run directory (no config.yaml); pass the "
