@@ -132,7 +132,7 @@ def keras_order(slots: List[Slot], tensors) -> List[Slot]:
     """``slots`` in the order of the file's tensors. Keras saves a nested model's weights as
     all its trainable weights, then all non-trainable ones (BatchNorm moving statistics), so
     in the authors' files the moving statistics come last; a flat save keeps them beside
-    gamma and beta. Both are accepted: the order whose layer kinds and names fit is used."""
+    gamma and beta. Both are accepted: the order whose weight names fit is used."""
     last = ([s for s in slots if s[1] not in _NON_TRAINABLE] +
             [s for s in slots if s[1] in _NON_TRAINABLE])
     names = [name.rpartition("/")[2].split(":")[0] for name, _ in tensors]

@@ -140,7 +140,8 @@ class AffNIST(torch.utils.data.Dataset):
             if want is not None and len(parts[-1][1]) != want:
                 raise DataError(f"affNIST file {folder / f} holds {len(parts[-1][1])} images, but "
                                 f"the real {split} file{'s hold' if split == 'train' else ' holds'} "
-                                f"{want:,} each; it is cut short or another file: delete it and "
+                                f"{want:,}{' each' if split == 'train' else ''}; it is cut short or "
+                                f"another file: delete it and "
                                 f"download it again (CLI: --set data.download=true).")
         self.images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         self.labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
