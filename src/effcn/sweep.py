@@ -256,7 +256,9 @@ def _plot(path: Path, keys: list, table: list, metric: str) -> None:
         if xs:
             lines.setdefault(tuple(values[1:]), []).append((values[0] if values else 0, xs))
     # One categorical x axis shared by every line (the lines may cover different values).
-    order = lambda v: (isinstance(v, str), v)  # noqa: E731
+    def order(v):  # numbers in order, then strings
+        return isinstance(v, str), v
+
     xvalues = sorted({p[0] for points in lines.values() for p in points}, key=order)
     position = {v: i for i, v in enumerate(xvalues)}
     for rest, points in lines.items():

@@ -134,15 +134,16 @@ class AffNIST(torch.utils.data.Dataset):
             folder = self.download(root, split)
         self.root = folder
         parts = []
+        want = self.images_per_file.get(split)
         for f in self.files_of(split):
-            parts.append(read_affnist_mat(folder / f))
-            want = self.images_per_file.get(split)
-            if want is not None and len(parts[-1][1]) != want:
-                raise DataError(f"affNIST file {folder / f} holds {len(parts[-1][1])} images, but "
+            images, labels = read_affnist_mat(folder / f)
+            if want is not None and len(labels) != want:
+                raise DataError(f"affNIST file {folder / f} holds {len(labels)} images, but "
                                 f"the real {split} file{'s hold' if split == 'train' else ' holds'} "
                                 f"{want:,}{' each' if split == 'train' else ''}; it is cut short or "
-                                f"another file: delete it and "
-                                f"download it again (CLI: --set data.download=true).")
+                                f"another file: delete it and download it again (CLI: --set "
+                                f"data.download=true).")
+            parts.append((images, labels))
         self.images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         self.labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
 
