@@ -21,7 +21,7 @@ import torch
 
 from effcn.data.augment import build_augment
 from effcn.models import create_model
-from effcn.training.trainer import loss_parts
+from effcn.training.tasks.classification import classification_loss_parts
 
 MODELS = ("cnn_baseline_mnist", "efficient_capsnet_mnist", "capsnet_mnist")
 
@@ -99,7 +99,7 @@ def main() -> None:
                 idx = torch.randint(0, len(data), (bs,), generator=g)
                 x, y = augment(data[idx].clone(), generator=g), labels[idx]
                 model.train()
-                loss = loss_parts(model(x, y), x, y, 0.392, model)[0]
+                loss = classification_loss_parts(model, model(x, y), x, y, 0.392)[0]
                 optims[name].zero_grad(set_to_none=True)
                 loss.backward()
                 optims[name].step()

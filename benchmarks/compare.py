@@ -9,7 +9,7 @@ contender at the same batch size, in turns of ``--eval-chunk`` images. A contend
 a round is its images over the sum of its own turns' times. Prints the median, min and max over
 rounds per contender and its ratio to the reference: the median of the per-round ratios (robust
 to the load drifting between rounds) and the ratio of the medians. ``--variants`` adds effcn with one switch changed, to measure what each
-switch buys. Synthetic data (effcn.bench.synthetic_images); no dataset needed.
+switch buys. Synthetic data (effcn.tools.bench.synthetic_images); no dataset needed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference import ReferenceContender  # noqa: E402
 
-from effcn.bench import BenchSettings, EffcnContender, synthetic_images  # noqa: E402
+from effcn.tools.bench import BenchSettings, EffcnContender, synthetic_images  # noqa: E402
 
 VARIANTS = {  # name -> BenchSettings changes from effcn's defaults
     "effcn": {},

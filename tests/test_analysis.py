@@ -12,14 +12,15 @@ from effcn.analysis import routing as RT
 from effcn.analysis.filters import feature_maps, first_layer_filters
 from effcn.analysis.perturbation import dimension_effect, perturb_capsule, perturbation_grid
 from effcn.analysis.probe import require_capsules
-from effcn.analysis.visualize import visualize_run
+from effcn.tools.visualize import visualize_run
 from effcn.capsules import squash
 from effcn.cli import main
 from effcn.errors import ConfigError, EffcnError
 from effcn.models import create_model
 from effcn.training.checkpoint import model_from_checkpoint
 from effcn.training.config import load_config
-from effcn.training.trainer import Trainer, as_nchw, load_split, train_val_split
+from effcn.training.splits import as_nchw, load_dataset, train_val_split
+from effcn.training.trainer import Trainer
 
 from conftest import quick_overrides
 
@@ -63,7 +64,7 @@ def test_reconstruction_grid_holds_the_32_fixed_validation_images(run):
     # drawn from the validation split (not test): they are the val images at the saved positions
     with np.load(run_dir / "recon" / "fixed_images.npz") as data:
         pos = torch.from_numpy(data["val_positions"])
-    train = load_split(config, "train")
+    train = load_dataset(config, "train")
     _, val_idx = train_val_split(len(train.labels), config.data.val_size, config.data.split_seed)
     assert torch.equal(as_nchw(train.images)[val_idx][pos], images)
     assert torch.equal(train.labels.long()[val_idx][pos], labels.long())

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from conftest import quick_overrides
 from effcn.capsules import DynamicRouting, margin_loss, squash_hinton
 from effcn.cli import main
-from effcn.compare import format_table, inference_images_per_s, run_row
+from effcn.tools.compare import format_table, inference_images_per_s, run_row
 from effcn.errors import EffcnError
 from effcn.models import create_model
 from effcn.models.efficient_capsnet import count_parameters
-from effcn.training.trainer import loss_parts
+from effcn.training.tasks.classification import classification_loss_parts
 
 
 # ----------------------------------------------------------------- routing-by-agreement
@@ -122,10 +122,10 @@ def test_cnn_parameter_count_scores_and_cross_entropy():
     assert torch.allclose(out.lengths.sum(1), torch.ones(4))
     expected = F.cross_entropy(model.logits(x), y)
     assert torch.allclose(model.classification_loss(out, y), expected, atol=1e-6)
-    total, part, recon = loss_parts(out, x, y, 0.392, model)
+    total, part, recon = classification_loss_parts(model, out, x, y, 0.392)
     assert torch.allclose(total, expected, atol=1e-6) and recon == 0
     # without the model the trainer's default (margin loss) would apply: a different number
-    assert not torch.allclose(loss_parts(out, x, y, 0.392)[0], expected)
+    assert not torch.allclose(classification_loss_parts(None, out, x, y, 0.392)[0], expected)
 
 
 def test_cnn_margin_option_uses_sigmoid_scores():
@@ -153,7 +153,7 @@ def test_baselines_train_eval_and_predict(two_runs, tmp_path, capsys):
     assert summary["model"] == "cnn_baseline_tiny" and summary["test_recon"] == 0
     assert summary["test_acc"] > 0.3  # learns the synthetic bars (chance is 0.1)
     assert main(["eval", str(caps)]) == 0
-    report = json.loads((caps / "eval_test_best.json").read_text())
+    report = json.loads((caps / "eval" / "test_best.json").read_text())
     assert report["acc"] == pytest.approx(json.loads((caps / "summary.json").read_text())["test_acc"])
     from PIL import Image
     img = tmp_path / "digit.png"
@@ -168,7 +168,8 @@ def test_baselines_train_eval_and_predict(two_runs, tmp_path, capsys):
 def test_compare_table_and_markdown(two_runs, tmp_path, capsys):
     cnn, caps = two_runs
     summary = json.loads((caps / "summary.json").read_text())
-    (caps / "eval_affnist.json").write_text(json.dumps({"affnist_acc": 0.5}))
+    (caps / "eval").mkdir(exist_ok=True)
+    (caps / "eval" / "test_last.json").write_text(json.dumps({"affnist_acc": 0.5}))
     out_md = tmp_path / "table.md"
     assert main(["compare", str(cnn), str(caps), "--markdown", str(out_md), "--repeats", "2",
                  "--batch-size", "8"]) == 0

@@ -32,7 +32,7 @@ def test_train_eval_predict_end_to_end(synthetic_root, tmp_path):
 
     r = effcn("eval", str(run))
     assert r.returncode == 0, r.stderr
-    report = json.loads((run / "eval_test_best.json").read_text())
+    report = json.loads((run / "eval" / "test_best.json").read_text())
     assert report["images"] == 80 and report["acc"] == pytest.approx(result["test_acc"])
     assert len(report["per_class_acc"]) == 10
 

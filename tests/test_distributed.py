@@ -87,9 +87,10 @@ def test_two_processes_match_one_with_the_same_global_batch(two_and_one, synthet
     two, one, _ = two_and_one
     # 14 Adam steps of lr 3e-3 move a weight by up to 0.04. Summing the batch in two halves
     # changes float rounding (~1e-7), which Adam's normalisation magnifies for weights whose
-    # gradients are near zero (conv biases before InstanceNorm): measured max 6e-5.
+    # gradients are near zero (conv biases before InstanceNorm): measured max 6e-5 on an AMD
+    # EPYC, 5.7e-4 on an Intel Xeon (oneDNN picks other kernels per CPU).
     diff = _max_diff(_weights(two), _weights(one))
-    assert diff < 3e-4
+    assert diff < 2e-3
     # ...far below what a real difference in the training makes: half the batch per step.
     half = _one_process(synthetic_root, tmp_path, "half", EXACT + ["train.batch_size=16"])
     assert diff < _max_diff(_weights(half), _weights(one)) / 10

@@ -9,14 +9,15 @@ import sys
 import pytest
 import torch
 
-from effcn.bench import BenchSettings, run_bench, synthetic_images
+from effcn.tools.bench import BenchSettings, run_bench, synthetic_images
 from effcn.cli import main
 from effcn.errors import ConfigError
 from effcn.models import create_model
 from effcn.training import fastpath
 from effcn.training.checkpoint import model_from_checkpoint
 from effcn.training.config import load_config
-from effcn.training.trainer import Trainer, loss_parts
+from effcn.training.tasks.classification import classification_loss_parts
+from effcn.training.trainer import Trainer
 
 from conftest import REPO, quick_overrides
 
@@ -38,7 +39,7 @@ def test_product_primary_caps_equal_the_depthwise_conv_with_gradients():
         _set_product(model, on)
         model.zero_grad()
         out = model(x, y)
-        loss_parts(out, x, y, 0.392)[0].backward()
+        classification_loss_parts(None, out, x, y, 0.392)[0].backward()
         results.append((out.lengths.detach(), model.primary.conv.weight.grad.clone(),
                         model.stem[0].weight.grad.clone()))
     for a, b in zip(*results):
@@ -94,7 +95,7 @@ def test_bf16_forward_gives_fp32_outputs_close_to_fp32_and_fp32_gradients():
     assert out.lengths.dtype == torch.float32 and out.reconstruction.dtype == torch.float32
     assert (out.lengths - ref.lengths).abs().max() < 0.01   # bf16 convs, fp32 capsule math
     assert not torch.equal(out.lengths, ref.lengths)         # autocast really ran in bf16
-    loss_parts(out, x, y, 0.392)[0].backward()
+    classification_loss_parts(None, out, x, y, 0.392)[0].backward()
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
                for p in model.parameters() if p.grad is not None)
 

@@ -18,7 +18,7 @@ h5py = pytest.importorskip("h5py")
 
 from effcn.cli import main  # noqa: E402
 from effcn.errors import CheckpointError  # noqa: E402
-from effcn.keras_import import import_keras_weights  # noqa: E402
+from effcn.models.keras_import import import_keras_weights  # noqa: E402
 from effcn.training.checkpoint import model_from_checkpoint  # noqa: E402
 
 _REPO = Path(__file__).resolve().parents[1]

@@ -81,7 +81,7 @@ def test_optional_dependencies_are_imported_only_where_used():
     import subprocess
     import sys
     code = ("import sys; import effcn, effcn.cli, effcn.training.trainer, effcn.training.callbacks, "
-            "effcn.analysis, effcn.data, effcn.keras_import, effcn.sweep, effcn.bench; "
+            "effcn.analysis, effcn.data, effcn.models.keras_import, effcn.tools.sweep, effcn.tools.bench; "
             "print(','.join(m for m in ('matplotlib', 'tensorboard', 'scipy', 'h5py', 'PIL') "
             "if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

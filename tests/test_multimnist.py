@@ -11,7 +11,7 @@ import torch
 
 from effcn.data.multimnist import (MAX_SHIFT, MultiMNIST, MultiMNISTPairs, PartnerSampler,
                                    compose, compose_batch, pad_digits)
-from effcn.training.multimnist import (two_digit_accuracy, two_digit_hits, two_label_forward,
+from effcn.training.tasks.multimnist import (two_digit_accuracy, two_digit_found, two_label_forward,
                                        two_label_loss)
 
 
@@ -115,7 +115,7 @@ def test_two_digit_accuracy_on_crafted_predictions():
         [0.7, 0.1, 0.2, 0.6],   # top two {0, 3}; truth {3, 2} -> 0.5
     ])
     truth = torch.tensor([[1, 0], [0, 1], [0, 1], [3, 2]])
-    assert two_digit_hits(lengths, truth).tolist() == [1.0, 0.5, 0.0, 0.5]
+    assert two_digit_found(lengths, truth).mean(1).tolist() == [1.0, 0.5, 0.0, 0.5]
     assert two_digit_accuracy(lengths, truth) == pytest.approx(0.5)
 
 
@@ -139,9 +139,9 @@ def test_train_and_eval_end_to_end(synthetic_root, tmp_path, monkeypatch, capsys
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert "two-digit accuracy" in out and "60 pairs" in out
-    report = json.loads((run / "eval_test_best.json").read_text())
+    report = json.loads((run / "eval" / "test_best.json").read_text())
     assert report["acc"] == pytest.approx(summary["test_acc"])  # same fixed pairs, same number
-    assert (run / "overlap.png").stat().st_size > 1000
+    assert (run / "figures" / "overlap_test.png").stat().st_size > 1000
     # an augmentation would be silently ignored: refused with one sentence instead
     bad = [o.replace("run.name=mm", "run.name=mm2") for o in overrides] + ["data.augment=paper"]
     assert main(["train", "--config", config] + [a for o in bad for a in ("--set", o)]) == 2

@@ -22,7 +22,10 @@ from effcn.data.preprocess import CIFARAugment, SmallNORBPreprocess, crop_batch,
 from effcn.data.smallnorb import norb_bytes, parse_norb, write_norb
 from effcn.errors import ConfigError, DataError
 from effcn.training.config import load_config
-from effcn.training.trainer import Trainer, evaluate_model
+from effcn.training.config import Config
+from effcn.training.evaluate import evaluate
+from effcn.training.tasks.classification import ClassificationTask, ImageSet
+from effcn.training.trainer import Trainer
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -276,15 +279,19 @@ def test_cifar_crop_with_padding_and_flip():
 
 
 # ------------------------------------------------------------------ trainer hook, end to end
-def test_evaluate_model_applies_the_transform():
+def test_evaluation_applies_the_transform():
     model = __import__("effcn.models", fromlist=["create_model"]).create_model(
         "efficient_capsnet_smallnorb_tiny")
     images = torch.randint(0, 256, (4, 2, 96, 96), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 3])
+    config = Config()
+    config.data.augment = "smallnorb"
+    task = ClassificationTask(config)
     with pytest.raises(RuntimeError):
-        evaluate_model(model, images, labels)  # 96x96 does not fit the 48x48 model
+        evaluate(model, task, ImageSet(images, labels))  # 96x96 does not fit the 48x48 model
     pre = SmallNORBPreprocess()
-    r = evaluate_model(model, images, labels, transform=pre.eval_transform, return_predictions=True)
+    r = evaluate(model, task, ImageSet(images, labels, transform=pre.eval_transform),
+                 predictions=True)
     with torch.no_grad():
         expected = model(pre.eval_transform(images.float() / 255)).lengths
     torch.testing.assert_close(r["lengths"], expected)

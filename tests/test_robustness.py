@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from effcn.data.idx import write_idx
-from effcn.errors import EffcnError
+from effcn.errors import EffcnError, Interrupted
 from effcn.training.checkpoint import load_checkpoint
 from effcn.training.config import load_config
 from effcn.training.metrics import read_metrics
-from effcn.training.trainer import Callback, Trainer, load_run_config
+from effcn.training.callbacks import Callback
+from effcn.training.rundir import RunDir
+from effcn.training.trainer import Trainer
 
 from conftest import quick_overrides, write_synthetic_idx
 
@@ -324,19 +326,18 @@ def test_divergence_stops_with_clear_message_and_keeps_last_good_checkpoint(synt
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-class _NaNLossAtStep(Trainer):
-    def _loss(self, out, images, labels):
-        loss, margin, recon = super()._loss(out, images, labels)
-        self._calls = getattr(self, "_calls", 0) + 1
-        if self._calls == 3:
-            loss = loss * float("nan")
-        return loss, margin, recon
-
-
 def test_skip_nonfinite_steps_option(synthetic_root, tmp_path):
     config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=1, name="skip") +
                          ["train.skip_nonfinite=true"])
-    trainer = _NaNLossAtStep(config, quiet=True)
+    trainer = Trainer(config, quiet=True)
+    task_loss, calls = trainer.task.loss, []
+
+    def nan_at_the_third_step(model, out, batch):
+        loss, margin, recon = task_loss(model, out, batch)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 3 else loss), margin, recon
+
+    trainer.task.loss = nan_at_the_third_step
     trainer.fit()
     epoch = read_metrics(tmp_path / "skip" / "metrics.jsonl", "epoch")[0]
     assert epoch["skipped_steps"] == 1 and np.isfinite(epoch["train_loss"])
@@ -379,11 +380,12 @@ def test_kill_between_epoch_record_and_checkpoint_resumes_to_the_same_metrics(
 
     overrides = quick_overrides(synthetic_root, tmp_path, epochs=3, name="cut")
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="last.pt holds epoch 1: continue with effcn train "
+                                          "--resume"):
         Trainer(load_config(None, overrides), quiet=True).fit()
     assert read_metrics(tmp_path / "cut" / "metrics.jsonl", "epoch")[-1]["epoch"] == 2
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
-    config = load_run_config(tmp_path / "cut")
+    config = RunDir(tmp_path / "cut").load_config()
     Trainer(config, run_dir=tmp_path / "cut", resume=True, quiet=True).fit()
     Trainer(load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=3, name="clean")),
             quiet=True).fit()
@@ -398,7 +400,8 @@ def test_kill_between_epoch_record_and_checkpoint_resumes_to_the_same_metrics(
 _KILL_MID_EPOCH = """
 import json, os, signal, sys
 from effcn.training.config import load_config
-from effcn.training.trainer import Callback, Trainer
+from effcn.training.callbacks import Callback  # noqa: F811
+from effcn.training.trainer import Trainer  # noqa: F811
 
 class KillMidEpoch(Callback):
     def on_batches(self, trainer, records):

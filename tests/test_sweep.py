@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from effcn.errors import ConfigError
-from effcn.sweep import expand, load_sweep
+from effcn.tools.sweep import expand, load_sweep
 
 from conftest import quick_overrides
 

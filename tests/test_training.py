@@ -11,7 +11,8 @@ from effcn.models import create_model
 from effcn.training.checkpoint import (load_checkpoint, model_from_checkpoint, save_checkpoint)
 from effcn.training.config import load_config
 from effcn.training.metrics import read_metrics
-from effcn.training.trainer import Trainer, build_optimizer, build_schedule
+from effcn.training.optim import build_optimizer, build_schedule
+from effcn.training.trainer import Trainer
 
 from conftest import quick_overrides
 

@@ -1,7 +1,32 @@
-"""effcn: Efficient-CapsNet (self-attention routing) and its baselines in PyTorch."""
+"""effcn: Efficient-CapsNet (self-attention routing) and its baselines in PyTorch.
 
-__version__ = "0.1.0"
+The public face; everything else lives in its layer (see the docs' architecture page):
 
-from .models import create_model, list_models  # noqa: E402
+    effcn.create_model(name, **overrides)   a registered model      effcn.list_models()
+    effcn.load_config(path, overrides)      a validated Config
+    effcn.Trainer(config).fit()             train, write a run directory, return its summary
+    effcn.evaluate_run(run_dir)             evaluate a run's checkpoint, return the report
+    effcn.RunDir(path)                      every path of a run directory
 
-__all__ = ["create_model", "list_models", "__version__"]
+Names are imported on first use, so ``import effcn`` stays light.
+"""
+
+from ._version import __version__
+
+_PUBLIC = {
+    "create_model": "effcn.models",
+    "list_models": "effcn.models",
+    "load_config": "effcn.training.config",
+    "Trainer": "effcn.training.trainer",
+    "evaluate_run": "effcn.training.evaluate",
+    "RunDir": "effcn.training.rundir",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'effcn' has no attribute {name!r}")

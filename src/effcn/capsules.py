@@ -221,6 +221,16 @@ def mask_capsules(capsules: torch.Tensor, labels: torch.Tensor | None = None) ->
     return (capsules * mask.unsqueeze(-1)).flatten(1)
 
 
+def decode_masked(decoder, capsules: torch.Tensor, labels: torch.Tensor | None = None):
+    """``decoder`` on masked capsules (B, N, D): labels None (the longest capsule) or (B,) give
+    one image per example (B, C, H, W); labels (B, K) give one per label (B, K, C, H, W), e.g.
+    MultiMNIST's two digits."""
+    if labels is not None and labels.dim() == 2:
+        return torch.stack([decoder(mask_capsules(capsules, labels[:, k]))
+                            for k in range(labels.shape[1])], dim=1)
+    return decoder(mask_capsules(capsules, labels))
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Mean squared error over pixels and batch (Keras 'mse'); weight it by 0.392 outside."""
     return F.mse_loss(reconstruction.flatten(1), images.flatten(1).to(reconstruction.dtype))

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--no-affnist", action="store_true",
                    help="skip the affNIST test that 40x40 MNIST models get next to their test set")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "auto"],
+                   help="precision of the forward: off = fp32 (default, as the summary's test), "
+                        "bf16 autocast, or auto (as train.amp)")
     _add_set(p)
     p.set_defaults(func=cmd_eval)
 
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training and evaluation images/s of a model on this machine")
     p.add_argument("--model", default="efficient_capsnet_mnist", help="a registered model")
+    p.add_argument("--config", help="YAML config whose optimizer (optim.*) the step uses "
+                                    "(default: the config defaults, the paper's Adam)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, default=0, help="default: --batch-size")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -124,39 +129,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except EffcnError as e:
+    except EffcnError as e:  # Interrupted (Ctrl-C in training) exits 130, the others 2
         print(f"effcn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except KeyboardInterrupt:
-        print(f"effcn {args.command}: interrupted; a run can be continued with "
-              f"effcn train --resume RUN", file=sys.stderr)
+        print(f"effcn {args.command}: interrupted.", file=sys.stderr)
         return 130
 
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    from .training.config import load_config
-    from .training.multimnist import trainer_class
-    from .training.trainer import load_run_config
+    from .training.config import apply_overrides, load_config
+    from .training.rundir import RunDir
+    from .training.trainer import Trainer
     if args.resume:
         if args.config:
             raise EffcnError("--resume takes the run's own saved config; drop --config (use --set "
                              "to change fields such as train.epochs).")
-        run_dir = Path(args.resume)
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise EffcnError(f"cannot resume {run_dir}: it has no checkpoints/last.pt (the run "
+        run = RunDir(args.resume)
+        if run.path.is_dir() and not run.last.is_file():
+            raise EffcnError(f"cannot resume {run.path}: it has no checkpoints/last.pt (the run "
                              f"stopped before its first epoch ended); start a new run instead.")
-        from .training.config import parse_scalar, set_value, validate
-        config = load_run_config(run_dir)
-        for item in args.overrides:
-            key, _, raw = item.partition("=")
-            set_value(config, key.strip(), parse_scalar(raw))
-        validate(config)
-        trainer = trainer_class(config)(config, run_dir=run_dir, resume=True, quiet=args.quiet)
+        config = apply_overrides(run.load_config(), args.overrides)
+        trainer = Trainer(config, run_dir=run.path, resume=True, quiet=args.quiet)
     else:
         config = load_config(args.config, args.overrides)
         name = Path(args.config).stem if args.config else "run"
-        trainer = trainer_class(config)(config, config_name=name, quiet=args.quiet)
+        trainer = Trainer(config, config_name=name, quiet=args.quiet)
     summary = trainer.fit()
     if trainer.is_main:  # under torchrun: one line, not one per process
         print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc",
@@ -164,147 +163,46 @@ def cmd_train(args) -> int:
     return 0
 
 
-def resolve_checkpoint(run: str, which: str) -> Path:
-    """A run directory + best/last, or a direct path, -> checkpoint path."""
-    run_path = Path(run)
-    if run_path.is_file():
-        return run_path
-    if which in ("best", "last"):
-        path = run_path / "checkpoints" / f"{which}.pt"
-        if not run_path.is_dir():
-            raise EffcnError(f"run directory {run_path} does not exist; pass a folder created by "
-                             f"effcn train.")
-        if not path.is_file():
-            raise EffcnError(f"{run_path} has no {which} checkpoint ({path} is missing); has the "
-                             f"run finished an epoch?")
-        return path
-    return Path(which)
-
-
-def _run_dir_of(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
 def cmd_eval(args) -> int:
-    from .training.checkpoint import model_from_checkpoint
-    from .training.config import config_from_dict, parse_scalar, set_value, validate
-    from .data.augment import build_augment
-    from .training.trainer import (as_nchw, eval_transform_of, evaluate_model, load_split,
-                                   resolve_device, train_val_split)
-    ckpt = resolve_checkpoint(args.run, args.checkpoint)
-    device = resolve_device("auto")
-    model, state = model_from_checkpoint(ckpt, map_location=device)
-    model.to(device)
-    config = config_from_dict(state["config"])
-    for item in args.overrides:
-        key, _, raw = item.partition("=")
-        set_value(config, key.strip(), parse_scalar(raw))
-    validate(config)
-    if config.data.dataset == "multimnist":
-        return _eval_multimnist(args, ckpt, model, state, config, device)
-    if args.split == "test":
-        ds = load_split(config, "test")
-        images, labels = as_nchw(ds.images), ds.labels.long()
-    else:
-        ds = load_split(config, "train")
-        _, val_idx = train_val_split(len(ds.labels), config.data.val_size, config.data.split_seed)
-        images, labels = as_nchw(ds.images)[val_idx], ds.labels.long()[val_idx]
-    images, labels = images.to(device), labels.to(device)
-    result = evaluate_model(model, images, labels, config.train.recon_weight,
-                            config.train.eval_batch_size, return_predictions=True,
-                            transform=eval_transform_of(build_augment(config.data.augment)))
-    preds = result.pop("predictions")
-    result.pop("lengths")
-    names = state.get("class_names") or [str(i) for i in range(model.config.num_classes)]
-    per_class = {}
-    for c in range(model.config.num_classes):
-        mask = labels == c
-        if mask.any():
-            per_class[names[c]] = float((preds[mask] == c).float().mean())
-    report = {"checkpoint": str(ckpt), "epoch": state["epoch"], "split": args.split,
-              "dataset": config.data.dataset, "images": len(labels), **result,
-              "per_class_acc": per_class}
-    print(f"{config.data.dataset} {args.split}: accuracy {result['acc']:.4f} "
-          f"({int(round(result['acc'] * len(labels)))}/{len(labels)}), loss {result['loss']:.4f} "
-          f"[checkpoint {ckpt.name}, epoch {state['epoch']}]")
-    print("per class: " + "  ".join(f"{k}:{v:.4f}" for k, v in per_class.items()))
-    from .training.affnist_eval import wants_affnist
-    if args.split == "test" and wants_affnist(model) and not args.no_affnist:
-        _add_affnist(report, model, config, device)
-    from .training.checkpoint import atomic_write_text
-    out = _run_dir_of(ckpt) / f"eval_{args.split}_{ckpt.stem}.json"
-    atomic_write_text(out, json.dumps(report, indent=2))
-    print(f"written: {out}")
-    return 0
-
-
-def _add_affnist(report: dict, model, config, device) -> None:
-    """affNIST (real if found, else affnist_style) next to the 40x40 test set, per class and
-    overall; adds affnist_* keys to the eval report and to the run's summary.json."""
-    from .training.affnist_eval import evaluate_affnist, side_by_side
-    from .training.checkpoint import atomic_write_text
-    aff = evaluate_affnist(model, config.data.root, device, config.train.recon_weight,
-                           config.train.eval_batch_size)
-    base_name = "MNIST-40" if config.data.dataset == "mnist40" else config.data.dataset
-    print(side_by_side(f"{base_name} test", report,
-                       "affNIST test" if aff["set"] == "affnist" else "affNIST-style", aff))
-    extra = {"affnist_acc": aff["acc"], "affnist_set": aff["set"], "affnist_images": aff["images"],
-             "affnist_per_class_acc": aff["per_class_acc"]}
-    report.update(extra)
-    ckpt = Path(report["checkpoint"])
-    summary_path = _run_dir_of(ckpt) / "summary.json"
-    if summary_path.is_file() and ckpt.name == "best.pt":  # summary.json describes best.pt
-        summary = json.loads(summary_path.read_text())
-        summary.update({k: v for k, v in extra.items() if k != "affnist_per_class_acc"})
-        atomic_write_text(summary_path, json.dumps(summary, indent=2))
-
-
-def _eval_multimnist(args, ckpt: Path, model, state, config, device) -> int:
-    """Two-digit accuracy on the fixed MultiMNIST test (or validation) pairs, per class, and the
-    overlap figure (overlap.png in the run directory when matplotlib is installed)."""
-    from .data.multimnist import MultiMNISTPairs
-    from .training.checkpoint import atomic_write_text
-    from .training.multimnist import VAL_SEED, evaluate_pairs, multimnist_test_pairs
-    from .training.trainer import as_nchw, load_split, train_val_split
-    if args.split == "test":
-        pairs = multimnist_test_pairs(config, device)
-    else:
-        ds = load_split(config, "train")
-        _, val_idx = train_val_split(len(ds.labels), config.data.val_size, config.data.split_seed)
-        pairs = MultiMNISTPairs(as_nchw(ds.images)[val_idx].to(device),
-                                ds.labels.long()[val_idx].to(device), partners=1, seed=VAL_SEED)
-    result = evaluate_pairs(model, pairs, config.train.recon_weight,
-                            config.train.eval_batch_size, per_class=True)
-    report = {"checkpoint": str(ckpt), "epoch": state["epoch"], "split": args.split,
-              "dataset": "multimnist", "metric": "two-digit accuracy", "images": len(pairs),
-              "digits": pairs.n_digits, "partners": pairs.partners, **result}
-    print(f"multimnist {args.split}: two-digit accuracy {result['acc']:.4f} on {len(pairs)} pairs "
-          f"({pairs.n_digits} digits x {pairs.partners} partners) [checkpoint {ckpt.name}, epoch "
-          f"{state['epoch']}]")
-    print("per class (share of its digits found in the top two): " + "  ".join(
-        f"{k}:{v:.4f}" for k, v in result["per_class_acc"].items()))
-    run_dir = _run_dir_of(ckpt)
-    try:
-        from .overlap_figure import overlap_figure
-        print(f"figure: {overlap_figure(model, pairs, run_dir / 'overlap.png')}")
-    except EffcnError as e:
-        print(f"no figure: {e}")
-    out = run_dir / f"eval_{args.split}_{ckpt.stem}.json"
-    atomic_write_text(out, json.dumps(report, indent=2))
-    print(f"written: {out}")
+    from .training.evaluate import (evaluate_prepared, prepare_run_evaluation, save_report,
+                                    side_by_side)
+    prepared = prepare_run_evaluation(args.run, args.checkpoint, args.split, args.overrides)
+    r = evaluate_prepared(prepared, amp=args.amp, affnist=not args.no_affnist)
+    drawn = (f" ({r['digits']} digits x {r['partners']} partners)" if "partners" in r else "")
+    print(f"{r['dataset']} {args.split}: {r['metric']} {r['acc']:.4f} on {r['images']} "
+          f"{'pairs' if 'partners' in r else 'images'}{drawn}, loss {r['loss']:.4f} "
+          f"[{prepared.checkpoint.name}, epoch {r['epoch']}, {r['precision']}]")
+    print("per class: " + "  ".join(f"{k}:{v:.4f}" for k, v in r["per_class_acc"].items()))
+    if "affnist_acc" in r:
+        base = "MNIST-40" if r["dataset"] == "mnist40" else r["dataset"]
+        print(side_by_side(f"{base} test", r, "affNIST test" if r["affnist_set"] == "affnist"
+                           else "affNIST-style", {"acc": r["affnist_acc"],
+                                                  "images": r["affnist_images"],
+                                                  "per_class_acc": r["affnist_per_class_acc"]}))
+    if prepared.task.name == "multimnist":
+        try:
+            from .analysis.multimnist import overlap_figure
+            path = overlap_figure(prepared.model, prepared.eval_set.pairs,
+                                  prepared.run.figures / f"overlap_{args.split}.png")
+            print(f"figure: {path}")
+        except EffcnError as e:
+            print(f"no figure: {e}")
+    print(f"written: {save_report(prepared, r)}")
     return 0
 
 
 def cmd_predict(args) -> int:
     import torch
-    from .images import load_image
+
+    from .data.augment import build_augment
+    from .data.user_images import load_image
     from .training.checkpoint import model_from_checkpoint
+    from .training.rundir import resolve_checkpoint
+    from .training.tasks.classification import eval_transform_of
     ckpt = resolve_checkpoint(args.run, args.checkpoint)
     model, state = model_from_checkpoint(ckpt)
     model.eval()
     cfg = model.config
-    from .data.augment import build_augment
-    from .training.trainer import eval_transform_of
     augment = state.get("config", {}).get("data", {}).get("augment", "none")
     if eval_transform_of(build_augment(augment)) is not None:
         raise EffcnError(f"predict takes images as the model sees them, but this run's data go "
@@ -340,7 +238,7 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import run_sweep
+    from .tools.sweep import run_sweep
     results, failed = run_sweep(args.spec, workers=args.workers, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"written: {results}, {results.with_suffix('.csv')}, {results.with_suffix('.png')}")
@@ -352,7 +250,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_import_keras(args) -> int:
-    from .keras_import import import_keras_weights, write_imported_run
+    from .models.keras_import import import_keras_weights
+    from .tools.import_keras import write_imported_run
     out = Path(args.out)
     if (out / "checkpoints" / "best.pt").exists():
         raise EffcnError(f"{out} already holds a checkpoint; choose another --out folder.")
@@ -377,7 +276,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_visualize(args) -> int:
-    from .analysis.visualize import parse_kinds, visualize_run
+    from .tools.visualize import parse_kinds, visualize_run
     kinds = parse_kinds(args.what)
     if args.images < 1:
         raise EffcnError(f"--images must be at least 1, got {args.images}.")
@@ -388,7 +287,7 @@ def cmd_visualize(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .training.runs import format_table, list_runs
+    from .tools.runs import format_table, list_runs
     rows = list_runs(args.dir)
     if args.json:
         for r in rows:
@@ -401,8 +300,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import describe_measurement, format_table, run_row
-    from .training.checkpoint import atomic_write_text
+    from .io import atomic_write_text
+    from .tools.compare import describe_measurement, format_table, run_row
     if args.batch_size < 1 or args.repeats < 1:
         raise EffcnError("--batch-size and --repeats must be at least 1.")
     rows = [run_row(r, device=args.device, measure=not args.no_timing,
@@ -419,7 +318,7 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from .bench import BenchSettings, format_report, run_bench
+    from .tools.bench import BenchSettings, format_report, run_bench
     from .models import list_models
     if args.model not in list_models():
         raise EffcnError(f"unknown model {args.model!r}; choose one of "
@@ -434,7 +333,8 @@ def cmd_bench(args) -> int:
         model=args.model, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         device=args.device, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, compile_mode=args.compile_mode,
-        product_primary=not args.plain_primary, augment=args.augment, steps=args.steps,
+        product_primary=not args.plain_primary, augment=args.augment, config=args.config,
+        steps=args.steps,
         eval_images=args.eval_images, repeats=args.repeats, warmup=max(args.warmup, 0))
     result = run_bench(settings)
     print(json.dumps(result, indent=2) if args.json else format_report(result))

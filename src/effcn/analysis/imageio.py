@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EffcnError
-from ..training.checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 
 def pil_image():

@@ -36,7 +36,7 @@ def save_fixed_images(path: str | Path, images: torch.Tensor, labels: torch.Tens
                       val_positions: torch.Tensor) -> None:
     """images uint8 (n, C, H, W), labels (n,), their positions in the validation split (n,)."""
     import io
-    from ..training.checkpoint import atomic_write_bytes
+    from ..io import atomic_write_bytes
     buf = io.BytesIO()
     np.savez(buf, images=images.cpu().numpy(), labels=labels.cpu().numpy(),
              val_positions=val_positions.cpu().numpy())

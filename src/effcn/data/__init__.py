@@ -44,7 +44,7 @@ def get_dataset(name: str) -> type:
         return DATASETS[name]
     except KeyError:
         raise DataError(
-            f"Unknown dataset {name!r}; use one of {', '.join(list_datasets())} (CLI: --set data.name=...)."
+            f"Unknown dataset {name!r}; use one of {', '.join(list_datasets())} (CLI: --set data.dataset=...)."
         ) from None
 
 

@@ -318,7 +318,7 @@ class AffNISTStyle(torch.utils.data.Dataset):
 
     @staticmethod
     def _write_cache(path: Path, images: np.ndarray, digest: str) -> None:
-        from effcn.training.checkpoint import atomic_write_bytes
+        from effcn.io import atomic_write_bytes
         buf = io.BytesIO()
         np.savez_compressed(buf, images=images, source=np.array(digest))
         try:

@@ -73,7 +73,7 @@ def norb_bytes(array: np.ndarray) -> bytes:
 def write_norb(path, array: np.ndarray) -> Path:
     """Write a NORB binary matrix, gzip'd (deterministically) if ``path`` ends with .gz."""
     import gzip
-    from effcn.training.checkpoint import atomic_write_bytes
+    from effcn.io import atomic_write_bytes
     path = Path(path)
     data = norb_bytes(array)
     if path.suffix == ".gz":

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..capsules import DynamicRouting, mask_capsules, squash_hinton
+from ..capsules import DynamicRouting, decode_masked, squash_hinton
 from .efficient_capsnet import CapsNetOutput, FCDecoder
 from .registry import register_model
 
@@ -103,15 +103,16 @@ class CapsNet(nn.Module):
         return self.digit_caps(self.primary(self.conv(x)), return_routing=return_routing)
 
     def reconstruct(self, capsules: torch.Tensor, labels: Optional[torch.Tensor] = None):
-        """Decode the capsule of ``labels`` (B,), or of the longest capsule when None."""
+        """Decode the capsule of ``labels`` (B,) or of each of ``labels`` (B, K) (then
+        (B, K, C, H, W)), or of the longest capsule when None."""
         if self.decoder is None:
             return None
-        return self.decoder(mask_capsules(capsules, labels))
+        return decode_masked(self.decoder, capsules, labels)
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 return_routing: bool = False) -> CapsNetOutput:
-        """x (B, C, H, W) in [0, 1]; labels (B,) mask the decoder input by the true class
-        (training), otherwise the longest capsule is decoded. routing/agreement are the final
+        """x (B, C, H, W) in [0, 1]; labels (B,) (or (B, K)) mask the decoder input by the true
+        class (training), otherwise the longest capsule is decoded. routing/agreement are the final
         coupling coefficients c and routing logits b, (B, n_classes, n_primary)."""
         if return_routing:
             capsules, routing, logits = self.encode(x, return_routing=True)

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..capsules import PrimaryCaps, SelfAttentionRouting, keras_he_normal_, mask_capsules
+from ..capsules import PrimaryCaps, SelfAttentionRouting, decode_masked, keras_he_normal_
 from .registry import register_model
 
 
@@ -54,7 +54,6 @@ class EfficientCapsNetConfig:
     bn_momentum: float = 0.01
     primary_kernel: int = 9
     primary_stride: int = 1
-    primary_caps: int = 16
     primary_dim: int = 8
     caps_dim: int = 16
     routing: str = "self_attention"     # self_attention | uniform (ablation: c = 1/n_out)
@@ -189,15 +188,17 @@ class EfficientCapsNet(nn.Module):
         return self.digit_caps(self.primary(self.stem(x)), return_routing=return_routing)
 
     def reconstruct(self, capsules: torch.Tensor, labels: Optional[torch.Tensor] = None):
-        """Decode the capsule of ``labels`` (B,), or of the longest capsule when None."""
+        """Decode the capsule of ``labels`` (B,) or of each of ``labels`` (B, K) (then
+        (B, K, C, H, W)), or of the longest capsule when None."""
         if self.decoder is None:
             return None
-        return self.decoder(mask_capsules(capsules, labels))
+        return decode_masked(self.decoder, capsules, labels)
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 return_routing: bool = False) -> CapsNetOutput:
         """x (B, C, H, W) in [0, 1]; labels (B,) mask the decoder input by the true class
-        (pass them in training), otherwise the longest capsule is decoded."""
+        (pass them in training; (B, K) gives K reconstructions, MultiMNIST), otherwise the
+        longest capsule is decoded."""
         if return_routing:
             capsules, routing, agreement = self.encode(x, return_routing=True)
         else:
@@ -234,7 +235,7 @@ def affnist_config() -> EfficientCapsNetConfig:
 def tiny_config() -> EfficientCapsNetConfig:
     """A small 28x28 variant for tests (same structure, far fewer channels)."""
     return EfficientCapsNetConfig(stem=((8, 5, 1), (16, 3, 1), (16, 3, 1), (32, 3, 2)),
-                                  primary_caps=4, decoder_hidden=(32, 64))
+                                  decoder_hidden=(32, 64))
 
 
 def smallnorb_config() -> EfficientCapsNetConfig:
@@ -248,7 +249,7 @@ def smallnorb_config() -> EfficientCapsNetConfig:
 def smallnorb_tiny_config() -> EfficientCapsNetConfig:
     """smallNORB's structure with few channels, for tests."""
     return dataclasses.replace(smallnorb_config(), stem=((8, 7, 2), (16, 3, 1), (16, 3, 1), (32, 3, 2)),
-                               primary_caps=4, decoder_hidden=(8, 8, 8))
+                               decoder_hidden=(8, 8, 8))
 
 
 def cifar10_config() -> EfficientCapsNetConfig:

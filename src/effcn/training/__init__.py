@@ -1,1 +1,1 @@
-"""Configs, the training loop, checkpoints and the metrics file."""
+"""Configs, the one training loop and its tasks, evaluation, run directories, checkpoints."""

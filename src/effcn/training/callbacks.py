@@ -8,18 +8,31 @@
                             for effcn visualize --epoch and routing across epochs
 
 Each imports its optional dependency when training starts, so a missing extra fails before the
-first epoch, not after it.
+first epoch, not after it. A callback knows the trainer only by the attributes it reads (run,
+config, model, val_x, val_y, steps_per_epoch, class_names, say). The figure callbacks import
+effcn.analysis lazily, inside their methods: the one place where training reaches up a layer.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
 from ..errors import ConfigError, EffcnError
-from .checkpoint import save_checkpoint
-from .config import Config
-from .trainer import Callback
+from .checkpoint import checkpoint_state, save_checkpoint
+
+
+class Callback:
+    """Hooks into the training loop (figures, TensorBoard, trackers); every method is optional.
+
+    ``trainer`` is the running Trainer; callbacks read its public attributes only.
+    """
+
+    def on_fit_start(self, trainer) -> None: ...
+
+    def on_batches(self, trainer, records: list[dict]) -> None:
+        """Called each time batch records are flushed (every train.log_every batches)."""
+
+    def on_epoch_end(self, trainer, record: dict) -> None: ...
+
+    def on_fit_end(self, trainer, summary: dict) -> None: ...
 
 
 def _due(epoch: int, every: int, last: int) -> bool:
@@ -51,7 +64,7 @@ class ReconstructionGrids(Callback):
                                   ) from None
             self.images = None
             return
-        self.dir = trainer.run_dir / "recon"
+        self.dir = trainer.run.recon
         path = self.dir / "fixed_images.npz"
         if path.is_file():  # a resumed run keeps its images
             self.images, self.labels = R.load_fixed_images(path)
@@ -81,7 +94,7 @@ class ReconstructionGrids(Callback):
         if self.every and self.images is not None:
             from ..analysis.reconstructions import assemble_gif
             path = assemble_gif(self.dir, self.dir / "reconstructions.gif")
-            trainer._say(f"reconstructions: {path}")
+            trainer.say(f"reconstructions: {path}")
 
 
 class TensorBoardLogger(Callback):
@@ -99,9 +112,8 @@ class TensorBoardLogger(Callback):
             raise EffcnError("run.tensorboard=true needs the tensorboard package; install it with "
                              "pip install 'effcn[tensorboard]' or set run.tensorboard=false."
                              ) from None
-        self.writer = SummaryWriter(log_dir=str(trainer.run_dir / "tensorboard"))
-        bs = trainer.config.train.batch_size
-        self.steps_per_epoch = -(-len(trainer.train_y) // bs)
+        self.writer = SummaryWriter(log_dir=str(trainer.run.tensorboard))
+        self.steps_per_epoch = trainer.steps_per_epoch
 
     def on_batches(self, trainer, records: list[dict]) -> None:
         for r in records:
@@ -150,31 +162,12 @@ class EpochCheckpoints(Callback):
     def on_epoch_end(self, trainer, record: dict) -> None:
         epoch = record["epoch"]
         if _due(epoch, self.every, trainer.config.train.epochs):
-            m = trainer.model
-            from ..models import model_config_dict
-            save_checkpoint(epoch_checkpoint_path(trainer.run_dir, epoch),
-                            {"model_name": m.model_name, "model_config": model_config_dict(m),
-                             "model": m.state_dict(), "epoch": epoch,
-                             "config": trainer.config.to_dict(),
-                             "class_names": trainer.class_names})
+            save_checkpoint(trainer.run.epoch_checkpoint(epoch),
+                            checkpoint_state(trainer.model, trainer.config, epoch,
+                                             trainer.class_names))
 
 
-def epoch_checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"epoch_{epoch:03d}.pt"
-
-
-def saved_epoch_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(epoch, path) of every checkpoints/epoch_NNN.pt, in epoch order."""
-    found = []
-    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
-        try:
-            found.append((int(p.stem.split("_")[1]), p))
-        except (IndexError, ValueError):
-            continue
-    return sorted(found)
-
-
-def callbacks_from_config(config: Config) -> list[Callback]:
+def callbacks_from_config(config) -> list[Callback]:
     """The callbacks that ``config.run`` switches on, in the order they must run."""
     run, callbacks = config.run, []
     grids = ReconstructionGrids(run.recon_every)

@@ -9,41 +9,40 @@ run's resolved config. Writes go to a temporary file in the same folder, then ``
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from ..io import atomic_write_bytes
 
 FORMAT = "effcn-checkpoint-v1"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# Model config fields that earlier versions stored but nothing read; ignored when rebuilding.
+REMOVED_MODEL_FIELDS = ("primary_caps",)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def checkpoint_state(model, config, epoch: int, class_names=(), optimizer=None, scheduler=None,
+                     best: dict | None = None, **extra) -> dict:
+    """The contents of every effcn checkpoint, built in this one place.
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    Always: the model's registry name and config (enough to rebuild it), its weights, the epoch,
+    the run's resolved config (a Config or its dict) and the class names. A resumable checkpoint
+    (last.pt, best.pt) adds optimizer and scheduler state and the best validation figures;
+    ``extra`` holds anything else (e.g. ``imported_from``)."""
+    from ..models import model_config_dict
+    state = {"model_name": model.model_name, "model_config": model_config_dict(model),
+             "model": model.state_dict(), "epoch": epoch,
+             "config": config if isinstance(config, dict) else config.to_dict(),
+             "class_names": list(class_names)}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if best is not None:
+        state["best"] = best
+    return {**state, **extra}
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -95,6 +94,7 @@ def model_from_checkpoint(path: str | Path, map_location="cpu"):
     """Rebuild the model from the checkpoint alone; returns (model, state)."""
     from ..models import create_model
     state = load_checkpoint(path, map_location=map_location)
-    model = create_model(state["model_name"], **state["model_config"])
+    config = {k: v for k, v in state["model_config"].items() if k not in REMOVED_MODEL_FIELDS}
+    model = create_model(state["model_name"], **config)
     load_model_weights(model, state, path)
     return model, state

@@ -76,6 +76,7 @@ class TrainSection:
     skip_nonfinite: bool = False            # skip steps with NaN/inf loss instead of stopping
     # The fast path (training/fastpath.py; measured in BENCHMARKS.md):
     amp: str = "auto"                       # auto (bf16 on CUDA and bf16-capable CPUs) | bf16 | off
+    test_amp: str = "off"                   # the final test's precision: off (fp32) | bf16 | auto
     channels_last: bool = True              # NHWC layout of weights and inputs
     compile: bool = False                   # torch.compile the model (falls back to eager)
     compile_mode: str = "default"           # default | reduce-overhead (CUDA graphs) | max-autotune
@@ -108,6 +109,7 @@ CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
     "schedule.name": ("exp_decay", "constant", "step", "cosine", "onecycle", "plateau"),
     "train.amp": ("auto", "bf16", "off"),
+    "train.test_amp": ("auto", "bf16", "off"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_size",
@@ -142,6 +144,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     config = Config()
     if path is not None:
         apply_dict(config, load_yaml(path), source=str(path))
+    apply_overrides(config, overrides)
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str] = ()) -> Config:
+    """Apply ``section.key=value`` strings (``--set``) to ``config`` in place, then validate it.
+
+    The one place overrides are applied: train, resume, eval and sweeps all come here."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -275,7 +285,8 @@ def validate(config: Config) -> None:
                                               config.train.device.startswith("cuda")):
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got "
                           f"{config.train.device!r}.")
-    from ..models import create_model, default_config  # noqa: F401  (validates name and args)
+    _validate_data(config)
+    from ..models import default_config  # validates the model name, then its args
     preset = default_config(config.model.name)
     valid = {f.name: f for f in dataclasses.fields(preset)}
     for key, value in list(config.model.args.items()):
@@ -292,13 +303,25 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.args do not make a valid {config.model.name}: {e}.") from None
 
 
+def _validate_data(config: Config) -> None:
+    """data.dataset must be registered and data.augment parse, so a bad name fails when the
+    config is loaded (a sweep before its first run), not when training starts."""
+    from ..data import list_datasets
+    from ..data.augment import build_augment
+    from .tasks import task_class
+    if config.data.dataset not in list_datasets():
+        hint = difflib.get_close_matches(config.data.dataset, list_datasets(), n=1)
+        hint = f"did you mean {hint[0]}? " if hint else ""
+        raise ConfigError(f"data.dataset={config.data.dataset!r} is not a known dataset; {hint}"
+                          f"use one of {', '.join(list_datasets())}.")
+    build_augment(config.data.augment)
+    task_class(config).check_config(config)
+
+
 def parse_scalar(raw: str) -> Any:
     """Parse an override value like YAML does ('10' -> 10, 'true' -> True, '[1,2]' -> list)."""
     raw = raw.strip()
-    try:
-        yaml = _yaml()
-    except ConfigError:
-        return raw
+    yaml = _yaml()
     try:
         return _yaml_load(yaml, raw) if raw else ""
     except yaml.YAMLError:
@@ -307,7 +330,7 @@ def parse_scalar(raw: str) -> Any:
 
 def save_yaml(data: dict, path: str | Path) -> None:
     """Write a mapping as YAML (tuples as lists), atomically."""
-    from .checkpoint import atomic_write_text
+    from ..io import atomic_write_text
     yaml = _yaml()
     atomic_write_text(path, yaml.safe_dump(_plain(data), sort_keys=False))
 
@@ -340,11 +363,7 @@ def _article(name: str) -> str:
 
 
 def _yaml():
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigError("PyYAML is needed to read YAML configs; install it with "
-                          "pip install 'effcn[cli]'.") from None
+    import yaml  # a core dependency; imported here so that `import effcn` stays light
     return yaml
 
 

@@ -52,6 +52,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a forward ran, as recorded in summaries and reports: 'bf16 autocast' or 'fp32'."""
+    return "fp32" if dtype is None else "bf16 autocast"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """An autocast context for ``dtype`` on ``device`` (a no-op context for None)."""
     if dtype is None:

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from ..io import atomic_write_text
 
 
 def _clean(value):

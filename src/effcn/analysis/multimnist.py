@@ -27,11 +27,11 @@ def overlap_figure(model, pairs, path: str | Path, n: int = 6, pool: int = 500) 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from .errors import EffcnError
+        from ..errors import EffcnError
         raise EffcnError("the MultiMNIST figure needs matplotlib; install it with "
                          "pip install 'effcn[viz]'.") from None
-    from .training.checkpoint import atomic_write_bytes
-    from .training.multimnist import two_label_forward
+    from ..io import atomic_write_bytes
+    from ..training.tasks.multimnist import two_label_forward
     model.eval()
     x, y2, parts = pairs.batch(0, min(pool, len(pairs)))
     overlap = ((parts[:, 0] > 0.2) & (parts[:, 1] > 0.2)).flatten(1).sum(1)

@@ -3,7 +3,8 @@
 Per run: model, parameters, dataset, epochs, training images per epoch, train seconds per epoch (mean of the epoch records
 in metrics.jsonl), inference images/s (measured here, now: see ``inference_images_per_s``),
 best validation accuracy, test accuracy, and affNIST accuracy where the run has been evaluated on
-it (an ``affnist_acc`` key in summary.json or in one of the run's eval_*.json files).
+it (an ``affnist_acc`` key in one of the run's eval reports, RUN/eval/*.json, written by
+``effcn eval``; training's summary.json holds the test figures).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import EffcnError
+from ..errors import EffcnError
+from ..training.rundir import RunDir
 
 COLUMNS = (("run", "run"), ("model", "model"), ("parameters", "parameters"),
            ("dataset", "dataset"), ("epochs", "epochs"), ("train_images", "train images"),
@@ -60,15 +62,14 @@ def inference_images_per_s(model: torch.nn.Module, device: torch.device, batch_s
     return statistics.median(rates)
 
 
-def affnist_accuracy(run_dir: Path, summary: dict):
-    """The run's affNIST accuracy if it has one: summary.json first, then eval_*.json."""
+def affnist_accuracy(run: RunDir, summary: dict):
+    """The run's affNIST accuracy if it has one: summary.json, else its eval reports (the
+    report of best.pt first)."""
     if isinstance(summary.get("affnist_acc"), (int, float)):
         return float(summary["affnist_acc"])
-    for path in sorted(run_dir.glob("eval_*.json")):
-        try:
-            value = json.loads(path.read_text()).get("affnist_acc")
-        except (OSError, ValueError, AttributeError):
-            continue
+    reports = run.eval_reports()
+    for name in sorted(reports, key=lambda n: (n != "test_best", n)):
+        value = reports[name].get("affnist_acc")
         if isinstance(value, (int, float)):
             return float(value)
     return None
@@ -85,19 +86,15 @@ def _read_json(path: Path, what: str) -> dict:
 def run_row(run: str | Path, device: str | None = None, measure: bool = True,
             batch_size: int = 100, repeats: int = 5) -> dict:
     """One table row for a finished run directory (see the module docstring)."""
-    from .training.checkpoint import model_from_checkpoint
-    from .training.metrics import read_metrics
-    from .training.trainer import resolve_device
-    run_dir = Path(run)
-    if not (run_dir / "config.yaml").is_file():
-        raise EffcnError(f"{run_dir} is not an effcn run directory (no config.yaml); pass folders "
-                         f"that effcn train created.")
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise EffcnError(f"{run_dir} has no summary.json: its training has not finished; wait for "
-                         f"it (or effcn train --resume it) and compare finished runs.")
-    summary = _read_json(summary_path, "run summary")
-    epochs = read_metrics(run_dir / "metrics.jsonl", kind="epoch")
+    from ..training.checkpoint import model_from_checkpoint
+    from ..training.environment import resolve_device
+    from ..training.metrics import read_metrics
+    run_dir = RunDir.open(run)
+    if not run_dir.summary_path.is_file():
+        raise EffcnError(f"{run_dir.path} has no summary.json: its training has not finished; "
+                         f"wait for it (or effcn train --resume it) and compare finished runs.")
+    summary = _read_json(run_dir.summary_path, "run summary")
+    epochs = read_metrics(run_dir.metrics_path, kind="epoch")
     seconds = [r["epoch_seconds"] for r in epochs if isinstance(r.get("epoch_seconds"), (int, float))]
     row = {"run": run_dir.name, "model": summary.get("model"),
            "parameters": summary.get("parameters"), "dataset": summary.get("dataset"),
@@ -112,7 +109,7 @@ def run_row(run: str | Path, device: str | None = None, measure: bool = True,
         if wanted.startswith("cuda") and not torch.cuda.is_available():
             wanted = "cpu"  # the run trained on a GPU this machine lacks: say where we measured
         dev = resolve_device(wanted)
-        model, _ = model_from_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=dev)
+        model, _ = model_from_checkpoint(run_dir.best, map_location=dev)
         row["inference_images_per_s"] = inference_images_per_s(model, dev, batch_size, repeats)
         row["inference_device"] = str(dev)
     return row

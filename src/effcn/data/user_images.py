@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import EffcnError
+from ..errors import EffcnError
 
 # Modes whose pixels are 8-bit intensities or colours that convert to them without guessing.
 CONVERTIBLE_MODES = ("L", "LA", "P", "RGB", "RGBA", "1")

@@ -33,9 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .training.checkpoint import atomic_write_text
-from .training.config import load_config, load_yaml
+from ..errors import ConfigError
+from ..io import atomic_write_text
+from ..training.config import load_config, load_yaml
+from ..training.rundir import RunDir
 
 SPEC_KEYS = {"base", "set", "grid", "random", "seeds", "workers", "dir", "metric"}
 
@@ -138,17 +139,17 @@ def overrides_for(spec: dict, run: SweepRun) -> list[str]:
 
 def run_one(spec: dict, run: SweepRun, threads: int) -> tuple[SweepRun, str]:
     """Train one run in its own process (skipped if finished, resumed if interrupted)."""
-    run_dir = Path(spec["dir"]) / run.name
-    if (run_dir / "summary.json").is_file():
+    run_dir = RunDir(Path(spec["dir"]) / run.name)
+    if run_dir.summary_path.is_file():
         return run, "skipped (finished)"
     cmd = [sys.executable, "-m", "effcn", "train", "--quiet"]
-    if (run_dir / "checkpoints" / "last.pt").is_file():
-        cmd += ["--resume", str(run_dir)]
+    if run_dir.last.is_file():
+        cmd += ["--resume", str(run_dir.path)]
         status = "resumed"
     else:
-        if run_dir.exists():  # started but no epoch finished: nothing worth keeping
+        if run_dir.path.exists():  # started but no epoch finished: nothing worth keeping
             import shutil
-            shutil.rmtree(run_dir)
+            shutil.rmtree(run_dir.path)
         if spec.get("base"):
             cmd += ["--config", spec["base"]]
         cmd += [a for o in overrides_for(spec, run) for a in ("--set", o)]
@@ -190,8 +191,7 @@ def write_results(spec: dict, runs: list[SweepRun]) -> Path:
     keys = list(runs[0].params) if runs else []
     rows = []
     for run in runs:
-        summary_path = out / run.name / "summary.json"
-        s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        s = RunDir(out / run.name).summary()
         rows.append({**run.params, "seed": run.seed, "run": run.name,
                      "best_val_acc": s.get("best_val_acc"), "test_acc": s.get("test_acc"),
                      "train_seconds": s.get("train_seconds"), "wall_seconds": s.get("wall_seconds"),
@@ -278,5 +278,5 @@ def _plot(path: Path, keys: list, table: list, metric: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    from .training.checkpoint import atomic_write_bytes
+    from ..io import atomic_write_bytes
     atomic_write_bytes(path, buf.getvalue())

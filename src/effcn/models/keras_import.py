@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, EffcnError
+from ..errors import CheckpointError, EffcnError
 
 # preset name on the command line -> (registered model, dataset, data.augment, class names)
 PRESETS = {
@@ -180,7 +180,7 @@ def import_keras_weights(path: str | Path, preset: str = "smallnorb"):
     if not path.is_file():
         raise CheckpointError(f"Keras weights file {path} does not exist; pass the path of the "
                               f"authors' .h5 file.")
-    from .models import create_model
+    from .registry import create_model
     model_name = PRESETS[preset][0]
     model = create_model(model_name)
     state = model.state_dict()
@@ -208,30 +208,3 @@ def import_keras_weights(path: str | Path, preset: str = "smallnorb"):
     if missing:  # cannot happen for the registered presets; guards future layers
         raise CheckpointError(f"{path} left {', '.join(missing)} of the {preset} preset unset.")
     return model, {target: name for target, (name, _) in mapped.items()}
-
-
-def write_imported_run(model, preset: str, out_dir: str | Path, source: str | Path) -> Path:
-    """Save ``model`` as a normal effcn run folder (config.yaml + checkpoints/best.pt), so
-    ``effcn eval OUT`` and ``effcn predict OUT`` work; returns the checkpoint path."""
-    from .models import model_config_dict
-    from .training.checkpoint import atomic_write_text, save_checkpoint
-    from .training.config import Config
-    model_name, dataset, augment, classes = PRESETS[preset]
-    config = Config()
-    config.model.name = model_name
-    config.data.dataset = dataset
-    config.data.augment = augment
-    out = Path(out_dir)
-    ckpt = out / "checkpoints" / "best.pt"
-    save_checkpoint(ckpt, {"model_name": model_name, "model_config": model_config_dict(model),
-                           "model": model.state_dict(), "epoch": 0,
-                           "best": {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")},
-                           "config": config.to_dict(), "class_names": classes,
-                           "imported_from": str(source)})
-    try:
-        from .training.config import save_yaml
-        save_yaml(config.to_dict(), out / "config.yaml")
-    except EffcnError:  # pyyaml missing: the checkpoint alone is enough for eval/predict
-        import json
-        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
-    return ckpt

@@ -6,10 +6,10 @@ unfinished ones from the epoch records of metrics.jsonl.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import EffcnError
+from ..training.rundir import RunDir
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -17,16 +17,17 @@ def find_runs(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise EffcnError(f"{root} is not a folder; pass the folder that holds your runs "
                          f"(run.dir, default runs/).")
-    return sorted(p.parent for p in root.rglob("config.yaml")
-                  if (p.parent / "metrics.jsonl").exists() or (p.parent / "summary.json").exists())
+    runs = (RunDir(p.parent) for p in root.rglob("config.yaml"))
+    return sorted(r.path for r in runs if r.metrics_path.exists() or r.summary_path.exists())
 
 
 def run_row(run_dir: Path, root: Path) -> dict:
     """name, dataset, model, epochs (done/planned), best val acc, test acc, seconds, status."""
-    from .config import load_yaml
-    from .metrics import read_metrics
-    cfg = load_yaml(run_dir / "config.yaml")
-    epochs = read_metrics(run_dir / "metrics.jsonl", kind="epoch")
+    from ..training.config import load_yaml
+    from ..training.metrics import read_metrics
+    run = RunDir(run_dir)
+    cfg = load_yaml(run.config_path)
+    epochs = read_metrics(run.metrics_path, kind="epoch")
     row = {"name": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
            "dataset": cfg.get("data", {}).get("dataset", "?"),
            "model": cfg.get("model", {}).get("name", "?"),
@@ -38,12 +39,8 @@ def run_row(run_dir: Path, root: Path) -> dict:
            # sum of epoch times over every session of the run (resumes included)
            "seconds": sum(r.get("epoch_seconds", 0) for r in epochs) or None,
            "status": "unfinished"}
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        try:
-            s = json.loads(summary_path.read_text())
-        except json.JSONDecodeError:
-            s = {}
+    if run.summary_path.is_file():
+        s = run.summary()
         if s:
             row.update(status="done", test_acc=s.get("test_acc"),
                        best_val_acc=s.get("best_val_acc", row["best_val_acc"]))

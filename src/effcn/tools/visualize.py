@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.probe import has_capsules, model_label
 from ..errors import EffcnError
-from .probe import has_capsules, model_label
+from ..training.rundir import RunDir
 
 KINDS = ("recon", "gif", "routing", "perturb", "filters", "curves")
 CAPSULE_KINDS = ("recon", "routing", "perturb")
@@ -30,26 +31,19 @@ def parse_kinds(text: str) -> list[str]:
     return kinds
 
 
-def checkpoint_for_epoch(run_dir: Path, epoch: int | None) -> Path:
+def checkpoint_for_epoch(run: RunDir, epoch: int | None) -> Path:
     """The checkpoint to draw from: best.pt, or the one holding ``epoch``."""
-    from ..training.callbacks import epoch_checkpoint_path, saved_epoch_checkpoints
     from ..training.checkpoint import load_checkpoint
-    ckpts = run_dir / "checkpoints"
     if epoch is None:
-        path = ckpts / "best.pt"
-        if not path.is_file():
-            raise EffcnError(f"{run_dir} has no checkpoints/best.pt; has the run finished an "
-                             f"epoch?")
-        return path
-    path = epoch_checkpoint_path(run_dir, epoch)
+        return run.checkpoint("best")
+    path = run.epoch_checkpoint(epoch)
     if path.is_file():
         return path
-    for name in ("best", "last"):
-        p = ckpts / f"{name}.pt"
+    for p in (run.best, run.last):
         if p.is_file() and load_checkpoint(p).get("epoch") == epoch:
             return p
-    saved = [e for e, _ in saved_epoch_checkpoints(run_dir)]
-    raise EffcnError(f"{run_dir} has no checkpoint of epoch {epoch} (epoch checkpoints: "
+    saved = [e for e, _ in run.epoch_checkpoints()]
+    raise EffcnError(f"{run.path} has no checkpoint of epoch {epoch} (epoch checkpoints: "
                      f"{saved or 'none'}; best/last hold other epochs); pick one of those, or "
                      f"train with --set run.checkpoint_every=1 to keep every epoch.")
 
@@ -63,17 +57,16 @@ class RunData:
 
     def val(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._val is None:
-            from ..training.trainer import as_nchw, load_split, train_val_split
-            ds = load_split(self.config, "train")
-            _, val_idx = train_val_split(len(ds.labels), self.config.data.val_size,
-                                         self.config.data.split_seed)
-            self._val = (as_nchw(ds.images)[val_idx], ds.labels.long()[val_idx])
+            from ..training.splits import load_eval_split
+            from ..training.tasks import task_for
+            val = load_eval_split(self.config, "val", "cpu")
+            self._val = (task_for(self.config).model_images(val.images), val.labels)
         return self._val
 
 
-def fixed_images(run_dir: Path, data: RunData) -> tuple[torch.Tensor, torch.Tensor]:
-    from . import reconstructions as R
-    path = run_dir / "recon" / "fixed_images.npz"
+def fixed_images(run: RunDir, data: RunData) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..analysis import reconstructions as R
+    path = run.recon / "fixed_images.npz"
     if path.is_file():
         return R.load_fixed_images(path)
     images, labels = data.val()
@@ -102,22 +95,19 @@ def visualize_run(run: str | Path, kinds=KINDS, epoch: int | None = None, n_imag
     model without capsules are skipped with a message (``say``)."""
     from ..training.checkpoint import model_from_checkpoint
     from ..training.config import config_from_dict
-    from ..training.trainer import resolve_device
-    from .imageio import pyplot, save_figure, save_png
+    from ..training.environment import resolve_device
+    from ..analysis.imageio import pyplot, save_figure, save_png
     if set(kinds) - {"recon", "gif"}:
         pyplot()  # fail early without matplotlib (recon and gif need only Pillow)
-    run_dir = Path(run)
-    if not (run_dir / "config.yaml").is_file():
-        raise EffcnError(f"{run_dir} is not an effcn run directory (no config.yaml); pass the "
-                         f"folder that effcn train created.")
-    out = Path(out_dir) if out_dir else run_dir / "figures"
+    run = RunDir.open(run)
+    out = Path(out_dir) if out_dir else run.figures
     suffix = f"_epoch{epoch:03d}" if epoch is not None else ""
     written: list[Path] = []
     needs_model = [k for k in kinds if k not in ("gif", "curves")]
     model = state = config = data = None
     if needs_model:
         device = resolve_device("auto")
-        ckpt = checkpoint_for_epoch(run_dir, epoch)
+        ckpt = checkpoint_for_epoch(run, epoch)
         model, state = model_from_checkpoint(ckpt, map_location=device)
         model.to(device).eval()
         config = config_from_dict(state["config"])
@@ -131,24 +121,24 @@ def visualize_run(run: str | Path, kinds=KINDS, epoch: int | None = None, n_imag
             say(f"skipped {kind}: model {model_label(model)} has no capsules.")
             continue
         if kind == "recon":
-            from .probe import require_decoder
-            from .reconstructions import reconstruction_grid
+            from ..analysis.probe import require_decoder
+            from ..analysis.reconstructions import reconstruction_grid
             require_decoder(model)
-            images, _ = fixed_images(run_dir, data)
+            images, _ = fixed_images(run, data)
             written.append(save_png(reconstruction_grid(model, images),
                                     out / f"reconstructions{suffix}.png"))
         elif kind == "gif":
-            from .reconstructions import assemble_gif, saved_grids
-            if not saved_grids(run_dir / "recon"):
+            from ..analysis.reconstructions import assemble_gif, saved_grids
+            if not saved_grids(run.recon):
                 say("skipped gif: the run saved no reconstruction grids (train with "
                     "--set run.recon_every=1).")
                 continue
-            written.append(assemble_gif(run_dir / "recon", out / "reconstructions.gif"))
+            written.append(assemble_gif(run.recon, out / "reconstructions.gif"))
         elif kind == "routing":
-            written += _routing(model, run_dir, data, names, n_images, out, suffix, epoch, say)
+            written += _routing(model, run, data, names, n_images, out, suffix, epoch, say)
         elif kind == "perturb":
-            from .perturbation import perturb_capsule, plot_perturbation
-            images, labels = fixed_images(run_dir, data)
+            from ..analysis.perturbation import perturb_capsule, plot_perturbation
+            images, labels = fixed_images(run, data)
             for pos in distinct_class_examples(labels, n_examples):
                 result = perturb_capsule(model, images[pos])
                 name = names[result["class"]]
@@ -156,27 +146,27 @@ def visualize_run(run: str | Path, kinds=KINDS, epoch: int | None = None, n_imag
                     plot_perturbation(result, images[pos], name),
                     out / f"perturbation{suffix}_{pos:02d}_class{name}.png"))
         elif kind == "filters":
-            from .filters import (feature_maps, first_layer_filters, plot_feature_maps,
+            from ..analysis.filters import (feature_maps, first_layer_filters, plot_feature_maps,
                                   plot_filters)
-            images, _ = fixed_images(run_dir, data)
+            images, _ = fixed_images(run, data)
             written.append(save_figure(plot_filters(first_layer_filters(model)),
                                        out / f"filters{suffix}.png"))
             written.append(save_figure(plot_feature_maps(images[0], feature_maps(model, images[0])),
                                        out / f"feature_maps{suffix}.png"))
         elif kind == "curves":
-            from .curves import load_curves, plot_training_curves
-            curves = load_curves(run_dir / "metrics.jsonl")
+            from ..analysis.curves import load_curves, plot_training_curves
+            curves = load_curves(run.metrics_path)
             written.append(save_figure(plot_training_curves(curves, f"training curves: "
-                                                            f"{run_dir.name}"),
+                                                            f"{run.name}"),
                                        out / "curves.png"))
     return written
 
 
-def _routing(model, run_dir, data, names, n_images, out, suffix, epoch, say) -> list[Path]:
-    from ..training.callbacks import saved_epoch_checkpoints
-    from ..training.checkpoint import atomic_write_text, model_from_checkpoint
-    from . import routing as RT
-    from .imageio import save_figure
+def _routing(model, run, data, names, n_images, out, suffix, epoch, say) -> list[Path]:
+    from ..analysis import routing as RT
+    from ..analysis.imageio import save_figure
+    from ..io import atomic_write_text
+    from ..training.checkpoint import model_from_checkpoint
     images, labels = data.val()
     images, labels = images[:n_images], labels[:n_images]
     n_cls = model.config.num_classes
@@ -188,7 +178,7 @@ def _routing(model, run_dir, data, names, n_images, out, suffix, epoch, say) -> 
         if hasattr(getattr(model, "digit_caps", None), "b") else None
     written = [save_figure(RT.plot_class_coupling(per_class, names),
                            out / f"routing_per_class{suffix}.png")]
-    fixed, fixed_labels = fixed_images(run_dir, data)
+    fixed, fixed_labels = fixed_images(run, data)
     picks = distinct_class_examples(fixed_labels, 5)
     ex = RT.routing_scores(model, fixed[picks])
     written.append(save_figure(RT.plot_example_coupling(fixed[picks], ex["coupling"],
@@ -196,7 +186,7 @@ def _routing(model, run_dir, data, names, n_images, out, suffix, epoch, say) -> 
                                                         names),
                                out / f"routing_examples{suffix}.png"))
     history = []
-    for e, path in saved_epoch_checkpoints(run_dir):
+    for e, path in run.epoch_checkpoints():
         if epoch is not None and e > epoch:
             continue
         m, _ = model_from_checkpoint(path, map_location=next(model.parameters()).device)

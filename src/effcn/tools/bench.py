@@ -2,8 +2,9 @@
 
     effcn bench --model efficient_capsnet_mnist --batch-size 16 --device cpu [--amp auto|bf16|off] [--compile]
 
-The training step is the trainer's (uint8 data resident on the device, batched augmentation,
-fastpath.forward, Adam); evaluation is trainer.evaluate_model. Each figure is measured after
+The training step is the trainer's own (training.trainer.TrainStep: uint8 data resident on the
+device, batched augmentation, the fast path, the configured optimizer and the model's own loss,
+e.g. cross-entropy for the CNN baseline); evaluation is training.evaluate.evaluate. Each figure is measured after
 warm-up over several repeats and reported as median with min and max; "seconds per MNIST epoch"
 is 55,000 training images divided by the median training throughput. No dataset is needed.
 """
@@ -17,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from ..training.fastpath import precision_name
 
 MNIST_TRAIN_IMAGES = 55_000  # 60,000 minus the 5,000 validation images
 
@@ -33,6 +36,7 @@ class BenchSettings:
     compile_mode: str = "default"
     product_primary: bool = True      # PrimaryCaps.full_map_product
     fused_adam: bool = True           # optim.fused
+    config: str | None = None         # a YAML config whose optim.* and train.recon_weight apply
     augment: str = "paper"
     steps: int = 20                   # training steps per repeat
     eval_images: int = 2000           # images per evaluation repeat
@@ -76,48 +80,47 @@ class EffcnContender:
     and by benchmarks/compare.py (which alternates it with the reference)."""
 
     def __init__(self, s: BenchSettings):
-        from .data.augment import build_augment
-        from .models import create_model
-        from .training import fastpath
-        from .training.trainer import resolve_device
+        from ..models import create_model
+        from ..training import fastpath
+        from ..training.config import load_config
+        from ..training.environment import resolve_device
+        from ..training.optim import build_optimizer
+        from ..training.splits import Split
+        from ..training.tasks.classification import ClassificationTask
+        from ..training.trainer import TrainStep
         self.s, self.device = s, resolve_device(s.device)
+        config = load_config(s.config)
+        config.model.name, config.data.augment = s.model, s.augment
+        config.optim.fused = s.fused_adam
         torch.manual_seed(0)
         self.model = create_model(s.model).to(self.device)
         for m in self.model.modules():
             if hasattr(m, "full_map_product"):
                 m.full_map_product = s.product_primary
         fastpath.prepare_model(self.model, s.channels_last)
-        self.memory_format = fastpath.memory_format(s.channels_last)
         self.amp_dtype = fastpath.amp_dtype(s.amp, self.device)
         self.forward_model = fastpath.maybe_compile(self.model, s.compile, s.compile_mode)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=5e-4, eps=1e-7,
-                                          fused=s.fused_adam)
-        self.augment = build_augment(s.augment)
         cfg = self.model.config
         n = max(s.batch_size * (s.steps + s.warmup), s.eval_images)
         images, labels = synthetic_images(n, cfg.in_channels, cfg.image_size)
-        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        self.data = Split(images.to(self.device), labels.to(self.device), [])
+        self.task = ClassificationTask(config)
+        self.task.setup(self.data, self.data)
+        self.step = TrainStep(self.model, self.task, build_optimizer(config, self.model.parameters()),
+                              self.amp_dtype, fastpath.memory_format(s.channels_last),
+                              self.forward_model)
         self.generator = torch.Generator(device=self.device).manual_seed(0)
         self.clock = Stopwatch(self.device)
         self.cursor = 0
 
     def train_step(self) -> None:
-        from .training import fastpath
-        from .training.trainer import loss_parts
         bs = self.s.batch_size
-        if self.cursor + bs > len(self.labels):
+        if self.cursor + bs > self.task.num_train:
             self.cursor = 0
-        idx = slice(self.cursor, self.cursor + bs)
+        idx = torch.arange(self.cursor, self.cursor + bs, device=self.device)
         self.cursor += bs
         self.model.train()
-        x = self.augment(self.images[idx].float().div_(255), generator=self.generator)
-        x = x.contiguous(memory_format=self.memory_format)
-        y = self.labels[idx]
-        out = fastpath.forward(self.forward_model, x, y, self.amp_dtype)
-        loss, _, _ = loss_parts(out, x, y, 0.392)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.step(self.task.train_batch(idx, self.generator))
 
     def train_images_per_s(self, steps: int) -> float:
         t0 = self.clock.now()
@@ -126,11 +129,13 @@ class EffcnContender:
         return steps * self.s.batch_size / (self.clock.now() - t0)
 
     def eval_images_per_s(self, n: int) -> float:
-        from .training.trainer import evaluate_model
+        from ..training.evaluate import evaluate
+        from ..training.tasks.classification import ImageSet
         bs = self.s.eval_batch_size or self.s.batch_size
+        # no evaluation preprocessing: the synthetic images already have the model's size
+        subset = ImageSet(self.data.images[:n], self.data.labels[:n])
         t0 = self.clock.now()
-        evaluate_model(self.forward_model, self.images[:n], self.labels[:n], batch_size=bs,
-                       amp_dtype=self.amp_dtype)
+        evaluate(self.forward_model, self.task, subset, batch_size=bs, amp_dtype=self.amp_dtype)
         return n / (self.clock.now() - t0)
 
     def warm_up(self) -> None:
@@ -161,7 +166,7 @@ def run_bench(s: BenchSettings) -> dict:
     mem, mem_kind = peak_memory_mb(c.device)
     tr = spread(train)
     return {"settings": asdict(s), "device": str(c.device), "torch": torch.__version__,
-            "precision": "bf16 autocast" if c.amp_dtype is not None else "fp32",
+            "precision": precision_name(c.amp_dtype),
             "threads": torch.get_num_threads(), "train_images_per_s": tr,
             "eval_images_per_s": spread(evals),
             "seconds_per_mnist_epoch": {k: (MNIST_TRAIN_IMAGES / v if k != "n" else v)

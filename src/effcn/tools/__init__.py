@@ -1,0 +1,1 @@
+"""Tools built on the library: bench, compare, runs, sweep, visualize, import_keras."""

@@ -1,0 +1,189 @@
+"""Evaluation as a library: one function for every task, one report.
+
+    evaluate(model, task, eval_set)          loss parts, accuracy and per-class accuracy of a set
+    evaluate_run(RUN, split="test")          a run's checkpoint on its test (or val) split, with
+                                             affNIST side by side for 40x40 MNIST models; writes
+                                             RUN/eval/<split>_<checkpoint>.json
+
+The trainer's validation and final test call ``evaluate`` too, so the test figures of
+summary.json and of ``effcn eval`` are the same computation: on the same checkpoint, in the same
+precision (fp32 unless asked otherwise), they agree to the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..io import write_json
+from . import fastpath
+from .checkpoint import model_from_checkpoint
+from .config import apply_overrides, config_from_dict
+from .environment import resolve_device
+from .rundir import RunDir, resolve_checkpoint
+from .splits import load_eval_split
+from .tasks import EvalSet, Task, task_for
+from .tasks.classification import ImageSet
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
+             amp_dtype: torch.dtype | None = None, class_names=None,
+             predictions: bool = False) -> dict:
+    """Loss parts and accuracy (the task's metric) of ``model`` on ``eval_set``.
+
+    Returns {"loss", "margin", "recon", "acc", "images", "per_class_acc"}; per-class accuracy is
+    the share of each class's true labels that were found. With ``predictions``, also
+    "predictions" (N,) and "lengths" (N, classes) tensors. ``amp_dtype``: autocast dtype of the
+    forward (None: fp32).
+    """
+    model.eval()
+    totals = class_hits = class_counts = None
+    preds, lengths = [], []
+    for start in range(0, len(eval_set), batch_size):
+        batch = eval_set.batch(start, start + batch_size)
+        out = fastpath.forward(model, batch.x, task.decoder_labels(batch, training=False),
+                               amp_dtype)
+        loss, margin, recon = task.loss(model, out, batch)
+        hits = task.hits(out, batch).double()           # shaped like batch.y
+        n = len(batch.y)
+        if totals is None:
+            device, k = out.lengths.device, out.lengths.shape[1]
+            totals = torch.zeros(4, device=device, dtype=torch.float64)
+            class_hits = torch.zeros(k, device=device, dtype=torch.float64)
+            class_counts = torch.zeros(k, device=device, dtype=torch.float64)
+        totals += torch.stack([loss.double() * n, margin.double() * n, recon.double() * n,
+                               hits.reshape(n, -1).mean(1).sum()])
+        class_hits.index_add_(0, batch.y.flatten(), hits.flatten())
+        class_counts.index_add_(0, batch.y.flatten(), torch.ones_like(hits.flatten()))
+        if predictions:
+            preds.append(out.lengths.argmax(1))
+            lengths.append(out.lengths.float())
+    n = len(eval_set)
+    if totals is None:
+        return {"loss": 0.0, "margin": 0.0, "recon": 0.0, "acc": 0.0, "images": 0,
+                "per_class_acc": {}}
+    t = (totals / n).tolist()
+    names = list(class_names or [])
+    per_class = {(names[c] if c < len(names) else str(c)): h / m
+                 for c, (h, m) in enumerate(zip(class_hits.tolist(), class_counts.tolist()))
+                 if m > 0}
+    result = {"loss": t[0], "margin": t[1], "recon": t[2], "acc": t[3], "images": n,
+              "per_class_acc": per_class}
+    if predictions:
+        result["predictions"], result["lengths"] = torch.cat(preds), torch.cat(lengths)
+    return result
+
+
+# ----------------------------------------------------------------------------- affNIST
+def wants_affnist(model) -> bool:
+    """True for 40x40 single-channel 10-class models (trained on MNIST-40 or the like)."""
+    cfg = model.config
+    return (getattr(cfg, "image_size", None) == 40 and getattr(cfg, "in_channels", None) == 1
+            and getattr(cfg, "num_classes", None) == 10)
+
+
+def affnist_test_set(root=None) -> ImageSet:
+    """The real affNIST test set when its files are found, else the generated affnist_style."""
+    from ..data.affnist import AffNIST, AffNISTStyle
+    if AffNIST.locate(root, "test") is not None:
+        ds, name = AffNIST(root, "test"), "affnist"
+    else:
+        ds, name = AffNISTStyle(root, "test"), "affnist_style"
+    return ImageSet(ds.images.unsqueeze(1), ds.labels.long(), name)
+
+
+def evaluate_affnist(model, task: Task, root, device, batch_size: int = 500,
+                     amp_dtype: torch.dtype | None = None) -> dict:
+    """affNIST (or affNIST-style) test accuracy, overall and per class; "set" names which."""
+    s = affnist_test_set(root)
+    s.images, s.labels = s.images.to(device), s.labels.to(device)
+    result = evaluate(model, task, s, batch_size, amp_dtype)
+    return {"set": s.name, "images": result["images"], "acc": result["acc"],
+            "per_class_acc": result["per_class_acc"]}
+
+
+def side_by_side(first_name: str, first: dict, second_name: str, second: dict) -> str:
+    """A text table: one row per class and 'all', one column per test set."""
+    lines = [f"{'class':<7}{first_name:>14}{second_name:>16}"]
+    for c in first["per_class_acc"]:
+        a, b = first["per_class_acc"][c], second["per_class_acc"].get(c, float("nan"))
+        lines.append(f"{c:<7}{a:>14.4f}{b:>16.4f}")
+    lines.append(f"{'all':<7}{first['acc']:>14.4f}{second['acc']:>16.4f}")
+    lines.append(f"{'images':<7}{first['images']:>14}{second['images']:>16}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ a run's checkpoint
+@dataclass
+class RunEvaluation:
+    """Everything an evaluation of a run's checkpoint is made of (figures reuse it)."""
+    checkpoint: Path
+    run: RunDir
+    model: torch.nn.Module
+    state: dict
+    config: object
+    task: Task
+    eval_set: EvalSet
+    split: str
+    device: torch.device
+
+
+def prepare_run_evaluation(run: str | Path, checkpoint: str = "best", split: str = "test",
+                           overrides: list[str] = (), device: str = "auto") -> RunEvaluation:
+    """Load a run's checkpoint (best | last | a .pt path), its config (+ ``overrides``, e.g.
+    data.root=...) and the evaluation set of ``split`` (test | val), on ``device``."""
+    ckpt = resolve_checkpoint(run, checkpoint)
+    dev = resolve_device(device)
+    model, state = model_from_checkpoint(ckpt, map_location=dev)
+    model.to(dev)
+    config = config_from_dict(state["config"])
+    apply_overrides(config, overrides)
+    task = task_for(config)
+    eval_set = task.eval_set(load_eval_split(config, split, dev), split)
+    return RunEvaluation(ckpt, RunDir.of_checkpoint(ckpt), model, state, config, task, eval_set,
+                         split, dev)
+
+
+def evaluate_prepared(e: RunEvaluation, amp: str = "off", affnist: bool = True) -> dict:
+    """The report of a prepared evaluation (see ``evaluate_run``)."""
+    amp_dtype = fastpath.amp_dtype(amp, e.device)
+    result = evaluate(e.model, e.task, e.eval_set, e.config.train.eval_batch_size, amp_dtype,
+                      class_names=e.state.get("class_names"))
+    report = {"checkpoint": str(e.checkpoint), "epoch": e.state["epoch"], "split": e.split,
+              "dataset": e.config.data.dataset, "task": e.task.name, "metric": e.task.metric,
+              "precision": fastpath.precision_name(amp_dtype), **e.eval_set.describe(), **result}
+    if e.split == "test" and affnist and wants_affnist(e.model):
+        aff = evaluate_affnist(e.model, e.task, e.config.data.root, e.device,
+                               e.config.train.eval_batch_size, amp_dtype)
+        report.update({"affnist_acc": aff["acc"], "affnist_set": aff["set"],
+                       "affnist_images": aff["images"],
+                       "affnist_per_class_acc": aff["per_class_acc"]})
+    return report
+
+
+def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
+                 amp: str = "off", affnist: bool = True, overrides: list[str] = (),
+                 device: str = "auto", write: bool = True) -> dict:
+    """Evaluate a run's checkpoint on ``split`` and return the report.
+
+    The report: checkpoint, epoch, split, dataset, task, metric, precision, images (and how
+    MultiMNIST pairs were drawn), loss, margin, recon, acc, per_class_acc, and for 40x40 MNIST
+    models on the test split the affNIST side (affnist_acc, affnist_set, ...). ``amp``: off (fp32,
+    the default, as the summary's test), bf16 or auto. With ``write``, the report is saved as
+    RUN/eval/<split>_<checkpoint>.json ("report_path"); summary.json is never touched.
+    """
+    prepared = prepare_run_evaluation(run, checkpoint, split, overrides, device)
+    report = evaluate_prepared(prepared, amp, affnist)
+    if write:
+        report["report_path"] = str(save_report(prepared, report))
+    return report
+
+
+def save_report(e: RunEvaluation, report: dict) -> Path:
+    """Write ``report`` as RUN/eval/<split>_<checkpoint>.json (atomically); returns the path."""
+    path = e.run.eval_report_path(e.split, e.checkpoint)
+    write_json(path, report)
+    return path

@@ -1,0 +1,74 @@
+"""The train / validation / test splits of a config, as uint8 tensors on the device.
+
+The validation split is a fixed random part of the training set (data.val_size images chosen by
+data.split_seed); model selection uses it, and the test split is evaluated once, at the end.
+Training and evaluation both take their images from here, so they always agree on the split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass
+class Split:
+    """uint8 images (N, C, H, W) and int64 labels (N,), with the dataset's class names."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def as_nchw(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> (N, C, H, W)."""
+    return images.unsqueeze(1) if images.dim() == 3 else images
+
+
+def load_dataset(config, split: str):
+    """The dataset object of ``split`` ('train' or 'test') as configured."""
+    from ..data import get_dataset
+    cls = get_dataset(config.data.dataset)
+    return cls(root=config.data.root, split=split, download=config.data.download)
+
+
+def train_val_split(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) of a fixed random split of n training images."""
+    if val_size >= n:
+        raise ConfigError(f"data.val_size={val_size} leaves no training images out of {n}; "
+                          f"use a smaller validation split.")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return perm[: n - val_size], perm[n - val_size:]
+
+
+def load_train_val(config, device) -> tuple[Split, Split]:
+    """(train, val) of the configured training set; train honours data.train_subset."""
+    ds = load_dataset(config, "train")
+    images, labels = as_nchw(ds.images), ds.labels.long()
+    train_idx, val_idx = train_val_split(len(labels), config.data.val_size,
+                                         config.data.split_seed)
+    if config.data.train_subset:
+        train_idx = train_idx[: config.data.train_subset]
+    names = list(getattr(ds, "classes", []))
+    return (Split(images[train_idx].to(device), labels[train_idx].to(device), names),
+            Split(images[val_idx].to(device), labels[val_idx].to(device), names))
+
+
+def load_test(config, device) -> Split:
+    ds = load_dataset(config, "test")
+    return Split(as_nchw(ds.images).to(device), ds.labels.long().to(device),
+                 list(getattr(ds, "classes", [])))
+
+
+def load_eval_split(config, split: str, device) -> Split:
+    """'test' or 'val' (the validation part of the training set)."""
+    if split == "test":
+        return load_test(config, device)
+    if split == "val":
+        return load_train_val(config, device)[1]
+    raise ConfigError(f"split must be test or val, got {split!r}.")

@@ -1,0 +1,145 @@
+"""MultiMNIST: two overlapping digits, two labels, two reconstructions, two-digit accuracy.
+
+    effcn train --config configs/multimnist.yaml     (data.dataset=multimnist picks this task)
+
+The loss (the paper's): margin loss with both digits as targets (multi-hot), plus 0.196 * MSE for
+each of the two reconstructions, each decoded from the capsules masked by its own true label and
+compared with its own shifted digit (train.recon_weight is the weight of EACH reconstruction).
+The metric: the two longest capsules against the two true labels, each label counting half.
+Training pairs are composed on the device, fresh each batch; validation pairs are fixed (one
+partner per validation digit), test pairs too (data.multimnist_partners per test digit).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...capsules import margin_loss, reconstruction_loss
+from ...data.multimnist import MultiMNISTPairs, PartnerSampler, compose_batch, pad_digits
+from ...errors import ConfigError
+from . import Batch, EvalSet, Task
+
+RECON_WEIGHT_EACH = 0.196  # the paper: 0.196 per digit (the MNIST model's 0.392 split in two)
+VAL_SEED, TEST_SEED = 1, 0
+
+
+def two_label_loss(lengths: torch.Tensor, recs: torch.Tensor | None, parts: torch.Tensor,
+                   labels2: torch.Tensor, recon_weight: float = RECON_WEIGHT_EACH):
+    """(total, margin, recon) with recon = MSE(rec_1, digit_1) + MSE(rec_2, digit_2).
+
+    lengths (B, C); recs and parts (B, 2, C_img, H, W); labels2 (B, 2) with different labels.
+    total = margin + recon_weight * recon (recon_weight applies to each of the two).
+    """
+    targets = F.one_hot(labels2, lengths.shape[1]).sum(dim=1).clamp(max=1)
+    margin = margin_loss(lengths, targets)
+    if recs is None or recon_weight == 0:
+        recon = torch.zeros((), device=lengths.device)
+    else:
+        recon = (reconstruction_loss(recs[:, 0], parts[:, 0])
+                 + reconstruction_loss(recs[:, 1], parts[:, 1]))
+    return margin + recon_weight * recon, margin, recon
+
+
+def two_digit_found(lengths: torch.Tensor, labels2: torch.Tensor) -> torch.Tensor:
+    """(B, 2) in {0, 1}: whether each true label is among the two longest capsules."""
+    top2 = lengths.topk(2, dim=1).indices
+    return (top2[:, None, :] == labels2[:, :, None]).any(dim=2).float()
+
+
+def two_digit_accuracy(lengths: torch.Tensor, labels2: torch.Tensor) -> float:
+    """The MultiMNIST accuracy: each of the two true labels found in the top two counts half."""
+    return float(two_digit_found(lengths, labels2).mean())
+
+
+def two_label_forward(model, x: torch.Tensor, labels2: torch.Tensor | None = None):
+    """Capsule lengths (B, C) and two reconstructions (B, 2, C_img, H, W) or None: decoded from
+    the capsules of the true labels ``labels2`` (B, 2), or with None of the two longest."""
+    if labels2 is None:
+        capsules = model.encode(x)
+        labels2 = torch.linalg.vector_norm(capsules, dim=-1).topk(2, dim=1).indices
+        return torch.linalg.vector_norm(capsules, dim=-1), model.reconstruct(capsules, labels2)
+    out = model(x, labels2)
+    return out.lengths, out.reconstruction
+
+
+class PairSet(EvalSet):
+    """A fixed set of MultiMNIST pairs (data.multimnist.MultiMNISTPairs) as an evaluation set."""
+
+    def __init__(self, pairs: MultiMNISTPairs, name: str):
+        self.pairs, self.name = pairs, name
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, start: int, stop: int) -> Batch:
+        x, y2, parts = self.pairs.batch(start, stop)
+        return Batch(x, y2, parts)
+
+    def describe(self) -> dict:
+        return {"images": len(self), "digits": self.pairs.n_digits,
+                "partners": self.pairs.partners}
+
+
+class MultiMNISTTask(Task):
+    name = "multimnist"
+    metric = "two-digit accuracy"
+
+    @staticmethod
+    def check_config(config) -> None:
+        if config.data.augment.strip().lower() != "none":
+            raise ConfigError(f"data.augment={config.data.augment} does not apply to multimnist "
+                              f"(its pairs are shifted by the generator); set data.augment=none.")
+
+    def setup(self, train, val) -> None:
+        # Padded to 36x36 once, uint8 on the device; pairs are composed per batch.
+        self.train_x, self.train_y = pad_digits(train.images), train.labels
+        self.sampler = PartnerSampler(self.train_y)
+        self.class_names = train.class_names
+        self._val = self.eval_set(val, "val")
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def check_model(self, model) -> None:
+        if not hasattr(model, "encode") or getattr(model, "decoder", None) is None:
+            raise ConfigError(f"model {getattr(model, 'model_name', type(model).__name__)} "
+                              f"cannot be trained on MultiMNIST (it needs capsules and a "
+                              f"decoder); use efficient_capsnet_multimnist.")
+        cfg = model.config
+        if (cfg.in_channels, cfg.image_size) != (1, 36):
+            raise ConfigError(f"MultiMNIST pairs are 1x36x36 but model {model.model_name} "
+                              f"expects {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}; "
+                              f"use efficient_capsnet_multimnist.")
+
+    def train_batch(self, idx, generator) -> Batch:
+        x, y2, parts = compose_batch(self.train_x, self.train_y, idx, self.sampler, generator)
+        return Batch(x, y2, parts)
+
+    def loss(self, model, out, batch: Batch):
+        return two_label_loss(out.lengths, out.reconstruction, batch.target, batch.y,
+                              self.config.train.recon_weight)
+
+    def hits(self, out, batch: Batch) -> torch.Tensor:
+        return two_digit_found(out.lengths, batch.y)
+
+    def model_images(self, images: torch.Tensor) -> torch.Tensor:
+        return pad_digits(images)
+
+    def decoder_labels(self, batch: Batch, training: bool):
+        return batch.y  # the loss compares each reconstruction with its own true digit
+
+    def val_set(self) -> EvalSet:
+        return self._val
+
+    def eval_set(self, split, name: str) -> EvalSet:
+        """Validation: one partner per digit (seed 1); test: data.multimnist_partners per digit of
+        the first data.multimnist_test_digits test digits (seed 0)."""
+        d = self.config.data
+        if name == "test":
+            pairs = MultiMNISTPairs(split.images, split.labels, partners=d.multimnist_partners,
+                                    seed=TEST_SEED, n_digits=d.multimnist_test_digits)
+        else:
+            pairs = MultiMNISTPairs(split.images, split.labels, partners=1, seed=VAL_SEED)
+        return PairSet(pairs, name)
