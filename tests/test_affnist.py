@@ -227,7 +227,6 @@ def test_eval_reports_affnist_style_beside_mnist40(synthetic_root, tmp_path, mon
     summary = json.loads((run / "summary.json").read_text())
     assert "affnist_acc" not in summary  # eval writes its own report, never the summary
     assert report["acc"] == summary["test_acc"] and report["precision"] == "fp32"
-    assert summary["affnist_set"] == "affnist_style"
 
 
 def test_bn_momentum_is_configurable_and_defaults_to_keras():
