@@ -203,7 +203,7 @@ def test_affnist_preset_has_16_primary_capsules():
 
 # ------------------------------------------------------------------------- effcn eval
 def test_eval_reports_affnist_style_beside_mnist40(synthetic_root, tmp_path, monkeypatch, capsys):
-    from conftest import quick_overrides
+    from helpers import quick_overrides
     from effcn.cli import main
     from effcn.data.mnist import MNIST
     monkeypatch.setattr(MNIST, "sha256", {})

@@ -22,7 +22,7 @@ from effcn.training.config import load_config
 from effcn.training.splits import as_nchw, load_dataset, train_val_split
 from effcn.training.trainer import Trainer
 
-from conftest import quick_overrides
+from helpers import quick_overrides
 
 EPOCHS = 2
 

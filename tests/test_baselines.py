@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import quick_overrides
+from helpers import quick_overrides
 from effcn.capsules import DynamicRouting, margin_loss, squash_hinton
 from effcn.cli import main
 from effcn.tools.compare import format_table, inference_images_per_s, run_row

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import quick_overrides
+from helpers import quick_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 

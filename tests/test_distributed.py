@@ -25,7 +25,7 @@ from effcn.training.distributed import DistInfo, shard, steps_per_epoch, wrap
 from effcn.training.metrics import read_metrics
 from effcn.training.trainer import Trainer
 
-from conftest import REPO, quick_overrides
+from helpers import REPO, quick_overrides
 
 # NCHW: oneDNN's channels_last kernels round differently at batch 16 and 32, and 14 Adam steps
 # magnify that to ~2e-3 (as much as switching the layout alone moves these weights, measured).

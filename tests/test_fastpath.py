@@ -19,7 +19,7 @@ from effcn.training.config import load_config
 from effcn.training.tasks.classification import classification_loss_parts
 from effcn.training.trainer import Trainer
 
-from conftest import REPO, quick_overrides
+from helpers import REPO, quick_overrides
 
 CPU = torch.device("cpu")
 

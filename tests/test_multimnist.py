@@ -121,7 +121,7 @@ def test_two_digit_accuracy_on_crafted_predictions():
 
 def test_train_and_eval_end_to_end(synthetic_root, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
-    from conftest import quick_overrides
+    from helpers import quick_overrides
     from effcn.cli import main
     monkeypatch.setattr(MultiMNIST, "sha256", {})
     overrides = [o for o in quick_overrides(synthetic_root, tmp_path / "runs", epochs=1, name="mm")

@@ -24,7 +24,7 @@ from effcn.training.callbacks import Callback
 from effcn.training.rundir import RunDir
 from effcn.training.trainer import Trainer
 
-from conftest import quick_overrides, write_synthetic_idx
+from helpers import quick_overrides, write_synthetic_idx
 
 
 def snapshot(*dirs: Path) -> dict:

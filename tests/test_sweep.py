@@ -9,7 +9,7 @@ import pytest
 from effcn.errors import ConfigError
 from effcn.tools.sweep import expand, load_sweep
 
-from conftest import quick_overrides
+from helpers import quick_overrides
 
 
 def _write_spec(tmp_path, root, extra=""):

@@ -14,7 +14,7 @@ from effcn.training.metrics import read_metrics
 from effcn.training.optim import build_optimizer, build_schedule
 from effcn.training.trainer import Trainer
 
-from conftest import quick_overrides
+from helpers import quick_overrides
 
 
 def _train(root, run_dir, epochs, name, **kw):
