@@ -11,7 +11,7 @@ import torch
 
 from ...capsules import margin_loss, reconstruction_loss
 from ...errors import ConfigError
-from . import Batch, EvalSet, Task
+from .base import Batch, EvalSet, Task
 
 
 def eval_transform_of(augment):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ...capsules import margin_loss, reconstruction_loss
 from ...data.multimnist import MultiMNISTPairs, PartnerSampler, compose_batch, pad_digits
 from ...errors import ConfigError
-from . import Batch, EvalSet, Task
+from .base import Batch, EvalSet, Task
 
 RECON_WEIGHT_EACH = 0.196  # the paper: 0.196 per digit (the MNIST model's 0.392 split in two)
 VAL_SEED, TEST_SEED = 1, 0

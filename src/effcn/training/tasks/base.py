@@ -1,0 +1,93 @@
+"""The base of every task: the Batch a model sees, an evaluation set, the Task interface."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+
+class Batch(NamedTuple):
+    """One batch as the model and the loss see it.
+
+    x (B, C, H, W) float model input; y (B,) or (B, K) int64 labels (they also mask the decoder
+    in training); target: what the reconstruction is compared with, None for x itself
+    (MultiMNIST: the K shifted digits, (B, K, C, H, W)).
+    """
+    x: torch.Tensor
+    y: torch.Tensor
+    target: Optional[torch.Tensor] = None
+
+
+class EvalSet:
+    """A fixed evaluation set: ``len()`` items, composed ``batch(start, stop)`` at a time."""
+
+    name: str = "eval"
+    num_classes: int = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batch(self, start: int, stop: int) -> Batch:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Facts about the set for reports (e.g. how MultiMNIST pairs were drawn)."""
+        return {"images": len(self)}
+
+
+class Task:
+    """The base of every task; see the module docstring."""
+
+    name = "task"
+    metric = "accuracy"             # what `acc` means in records and reports
+
+    def __init__(self, config):
+        self.config = config
+
+    @staticmethod
+    def check_config(config) -> None:
+        """Refuse settings the task cannot use (called when a config is validated)."""
+
+    # ------------------------------------------------------------- training
+    def setup(self, train, val) -> None:
+        """Keep what the task needs of the training and validation splits (training/splits.py)."""
+        raise NotImplementedError
+
+    def check_model(self, model) -> None:
+        """A clear ConfigError when ``model`` cannot be trained on this task's data."""
+
+    @property
+    def num_train(self) -> int:
+        raise NotImplementedError
+
+    def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> Batch:
+        """The training batch of item indices ``idx`` (augmented / composed with ``generator``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------ loss and metric
+    def loss(self, model, out, batch: Batch):
+        """(total, margin, recon) scalar losses of a forward result ``out`` on ``batch``."""
+        raise NotImplementedError
+
+    def hits(self, out, batch: Batch) -> torch.Tensor:
+        """Per-label hits, shaped like ``batch.y``: 1 where a true label was found."""
+        raise NotImplementedError
+
+    def model_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images of a split as the model takes single images (MultiMNIST: padded)."""
+        return images
+
+    def decoder_labels(self, batch: Batch, training: bool):
+        """Labels that mask the decoder: the true ones in training; at evaluation None (the
+        prediction) unless the task says otherwise."""
+        return batch.y if training else None
+
+    # ------------------------------------------------------------ evaluation
+    def val_set(self) -> EvalSet:
+        """The validation set built in ``setup`` (fixed for the whole run)."""
+        raise NotImplementedError
+
+    def eval_set(self, split, name: str) -> EvalSet:
+        """An evaluation set of a :class:`~effcn.training.splits.Split` (``name``: test, val)."""
+        raise NotImplementedError

@@ -1,0 +1,125 @@
+"""Tasks plug into the one loop: MultiMNIST honours every train.* switch and shards under
+torchrun, and `effcn bench` times the trainer's own step with each model's own loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from effcn.data.multimnist import MultiMNIST
+from effcn.models.cnn import BaselineCNN
+from effcn.tools.bench import BenchSettings, EffcnContender, run_bench
+from effcn.training.config import load_config
+from effcn.training.metrics import read_metrics
+from effcn.training.tasks import ClassificationTask, MultiMNISTTask, task_for
+from effcn.training.trainer import Trainer
+
+from helpers import REPO, quick_overrides
+
+
+def multimnist_overrides(root, out, name, extra=()):
+    """A seconds-long MultiMNIST run of the tiny model (36x36) on the synthetic digits."""
+    base = [o for o in quick_overrides(root, out, epochs=1, name=name)
+            if not o.startswith("data.dataset")]
+    return base + ["data.dataset=multimnist", "data.augment=none", "model.args.image_size=36",
+                   "model.args.primary_kernel=13", "data.train_subset=64", "train.log_every=1",
+                   "data.multimnist_partners=1", "data.multimnist_test_digits=30", *extra]
+
+
+def test_task_for_picks_the_task_of_the_dataset(synthetic_root, tmp_path):
+    assert isinstance(task_for(load_config(None, quick_overrides(synthetic_root, tmp_path))),
+                      ClassificationTask)
+    config = load_config(None, multimnist_overrides(synthetic_root, tmp_path, "mm"))
+    assert isinstance(task_for(config), MultiMNISTTask)
+
+
+def test_multimnist_runs_in_the_precision_it_records(synthetic_root, tmp_path, monkeypatch):
+    """train.amp=bf16 trains MultiMNIST under bf16 autocast (its losses differ from fp32's) and
+    the summary says so; the final test is fp32 unless train.test_amp asks for bf16."""
+    monkeypatch.setattr(MultiMNIST, "sha256", {})
+    runs = {}
+    for amp in ("bf16", "off"):
+        config = load_config(None, multimnist_overrides(synthetic_root, tmp_path, amp,
+                                                        [f"train.amp={amp}"]))
+        summary = Trainer(config, quiet=True).fit()
+        runs[amp] = summary, [r["loss"] for r in read_metrics(tmp_path / amp / "metrics.jsonl",
+                                                              "batch")]
+    (bf16, bf16_losses), (fp32, fp32_losses) = runs["bf16"], runs["off"]
+    assert bf16["precision"] == "bf16 autocast" and fp32["precision"] == "fp32"
+    assert bf16["test_precision"] == fp32["test_precision"] == "fp32"
+    assert len(bf16_losses) == len(fp32_losses) == 2
+    # the same weights and pairs at the first step: only the precision differs
+    assert bf16_losses[0] != fp32_losses[0]
+    assert bf16_losses[0] == pytest.approx(fp32_losses[0], rel=0.05)
+
+
+_RANK_SCRIPT = """
+import json, os, sys
+import torch
+from effcn.training.config import load_config
+from effcn.training.trainer import Trainer
+from effcn.data.multimnist import MultiMNIST
+MultiMNIST.sha256 = {}
+trainer = Trainer(load_config(None, sys.argv[2:]), quiet=True)
+seen, compose = [], trainer.task.train_batch
+def spy(idx, generator):
+    seen.append(idx.tolist())
+    return compose(idx, generator)
+trainer.task.train_batch = spy
+trainer.fit()
+weights = [p.detach().double().sum().item() for p in trainer.model.parameters()]
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"batches": seen, "weights": weights}, f)
+"""
+
+
+def test_multimnist_under_torchrun_shards_each_batch_and_exchanges_gradients(synthetic_root,
+                                                                             tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    overrides = multimnist_overrides(synthetic_root, tmp_path, "ddp",
+                                     ["train.amp=off", "train.batch_size=16",
+                                      "model.args.norm=instance"])
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), str(tmp_path), *overrides],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(r0["batches"]) == len(r1["batches"]) == 4            # 64 digits / 16
+    for a, b in zip(r0["batches"], r1["batches"]):
+        assert len(a) == len(b) == 8 and not set(a) & set(b)        # each half of the batch
+    assert sorted(i for b in r0["batches"] + r1["batches"] for i in b) == list(range(64))
+    # different pairs on each process, one model: the gradients were averaged
+    assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-5, abs=1e-6)
+
+
+def test_bench_times_each_models_own_loss(monkeypatch):
+    calls = []
+    own = BaselineCNN.classification_loss
+    monkeypatch.setattr(BaselineCNN, "classification_loss",
+                        lambda self, out, y: calls.append(self.config.loss) or own(self, out, y))
+    settings = dict(batch_size=8, steps=2, repeats=1, warmup=1, eval_images=16, device="cpu",
+                    augment="none")
+    run_bench(BenchSettings(model="cnn_baseline_tiny", **settings))
+    assert calls and set(calls) == {"cross_entropy"}
+    calls.clear()
+    run_bench(BenchSettings(model="efficient_capsnet_tiny", **settings))
+    assert not calls  # the capsule network keeps the margin loss
+
+
+def test_bench_uses_the_configured_optimizer(tmp_path):
+    config = tmp_path / "sgd.yaml"
+    config.write_text("optim:\n  name: sgd\n  lr: 0.01\n  momentum: 0.5\n")
+    c = EffcnContender(BenchSettings(model="efficient_capsnet_tiny", batch_size=4, steps=1,
+                                     eval_images=8, device="cpu", config=str(config)))
+    assert isinstance(c.step.optimizer, torch.optim.SGD)
+    assert c.step.optimizer.param_groups[0]["momentum"] == 0.5
+    before = [p.detach().clone() for p in c.model.parameters()]
+    c.train_step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, c.model.parameters()))
