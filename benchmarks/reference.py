@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- augmentation
 def augment_one(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """SPEC's MNIST augmentation of one float image (28, 28) in [0, 1]."""
+    """The paper's MNIST augmentation of one float image (28, 28) in [0, 1]."""
     from PIL import Image
     from scipy import ndimage
 

@@ -1,4 +1,4 @@
-"""Tests for effcn.data.augment: SPEC's MNIST augmentation, batched."""
+"""Tests for effcn.data.augment: the paper's MNIST augmentation, batched."""
 
 import math
 

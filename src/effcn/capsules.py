@@ -1,8 +1,8 @@
 """Capsule building blocks: squash, primary capsules, routing, masking and the losses.
 
 Shapes: B = batch, N = number of capsules, D = capsule dimension. Capsules are (B, N, D).
-Everything follows ../SPEC (the paper and the authors' TensorFlow code); where the two differ the
-code is followed and the comment says so.
+Everything follows the paper and the authors' TensorFlow code (the docs' page "The paper and
+the authors' code"); where the two differ the code is followed and the comment says so.
 """
 
 from __future__ import annotations

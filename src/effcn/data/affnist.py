@@ -7,7 +7,7 @@
   10,000 MNIST test digits) and ``train`` (``training_and_validation_batches/1.mat`` ... ``32.mat``,
   60,000 images each). Reading needs scipy (``pip install 'effcn[scipy]'``).
 - :class:`AffNISTStyle` (``affnist_style``) is *not* affNIST: the MNIST test digits under random
-  affine transforms made here (SPEC: rotation +-20 deg, shear +-40 deg, scale 0.8-1.2, random
+  affine transforms made here (the paper's: rotation +-20 deg, shear +-40 deg, scale 0.8-1.2, random
   whole-digit placement in 40x40), seeded and cached as an .npz. Use it when the real set is
   absent, and always report it under its own name.
 - :class:`MNIST40` (``mnist40``) is the affNIST protocol's training data: MNIST digits on a 40x40

@@ -1,6 +1,6 @@
 """Efficient-CapsNet MNIST training augmentation, batched on any device.
 
-SPEC "MNIST model", per sample and in this order (training only):
+The paper's MNIST model, per sample and in this order (training only):
 
 1. rotate, with probability 0.5, by ``int(clip(N(0, .33), -.9999, .9999) * 30)`` degrees;
 2. shift each axis towards a random side by ``floor(min(|N(0, .33)|, .9999) * margin)`` px,
@@ -21,7 +21,7 @@ Where this differs from the authors' TensorFlow code, on purpose:
   ``(14, 14)``, half a pixel off for 28x28;
 - squish resamples with exact area (box) weights instead of antialiased Lanczos-3: no ringing
   outside [0, 1], and the image's mass is scaled by exactly ``(W - w) / W``;
-- shifts use ``floor(frac * margin)`` on both sides as SPEC says (the original used
+- shifts use ``floor(frac * margin)`` on both sides as the paper describes (the authors' code used
   ``ceil(frac * margin)`` towards the top/left and ``floor(frac * (margin + 1))`` towards the
   bottom/right; all keep the digit whole).
 """
@@ -44,7 +44,7 @@ Params = Dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The numbers of the augmentation; defaults are SPEC's (28x28 MNIST).
+    """The numbers of the augmentation; defaults are the paper's (28x28 MNIST).
 
     ``squish_max`` and ``erase_range`` default to ``None``, meaning "scale with the image":
     ``squish_max = width / 4`` (7 for 28, 10 for 40, as in the original code) and
@@ -207,7 +207,7 @@ def shift_amounts(images: torch.Tensor, sign: torch.Tensor, frac: torch.Tensor) 
     margin = torch.stack(
         [torch.where(sign[:, 0] > 0, bottom, top), torch.where(sign[:, 1] > 0, right, left)], dim=1
     )
-    # SPEC: the digit stays whole; frac < 1 keeps the shift within the margin, so nothing clips.
+    # The paper: the digit stays whole; frac < 1 keeps the shift within the margin, so nothing clips.
     return sign * torch.floor(frac.to(images.device) * margin).long()
 
 
@@ -299,7 +299,7 @@ def _check_parts(parts: Iterable[str]) -> Tuple[str, ...]:
 
 
 class MNISTAugment(torch.nn.Module):
-    """The SPEC's MNIST training augmentation, or a subset of its steps, on whole batches.
+    """The paper's MNIST training augmentation, or a subset of its steps, on whole batches.
 
     ``parts``: any of :data:`PARTS`; they always run in that order. Call as
     ``aug(images, generator=None)`` with images (B, C, H, W) float in [0, 1]; the generator

@@ -1,13 +1,13 @@
 """MultiMNIST (Sabour et al. 2017, as in Efficient-CapsNet): two overlapping MNIST digits, 36x36.
 
-SPEC: each digit is padded by 4 to 36x36 and shifted uniformly within +-6 px on both axes; two
+As in the paper: each digit is padded by 4 to 36x36 and shifted uniformly within +-6 px on both axes; two
 digits of different images *and different labels* are added and clipped to [0, 1]. Training pairs
 are drawn on the fly, per batch, on the device (:func:`compose_batch`); the test set pairs every
 test digit with ``partners`` digits of another label (default 1000) under a fixed seed
 (:class:`MultiMNISTPairs`), and its images are composed batch by batch, never stored.
 
 The registered dataset ``multimnist`` holds the plain MNIST digits (28x28); training it goes
-through :class:`effcn.training.multimnist.MultiMNISTTrainer`, which ``effcn train`` picks for it.
+through :class:`effcn.training.tasks.multimnist.MultiMNISTTask`, which ``effcn train`` picks for it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``effcn sweep SPEC.yaml``: grid or random search over config fields and seeds.
+"""``effcn sweep FILE.yaml``: grid or random search over config fields and seeds.
 
 A sweep file::
 
@@ -38,7 +38,7 @@ from ..io import atomic_write_text
 from ..training.config import load_config, load_yaml
 from ..training.rundir import RunDir
 
-SPEC_KEYS = {"base", "set", "grid", "random", "seeds", "workers", "dir", "metric"}
+SWEEP_KEYS = {"base", "set", "grid", "random", "seeds", "workers", "dir", "metric"}
 
 
 @dataclass
@@ -52,10 +52,10 @@ def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file; paths are resolved relative to it."""
     path = Path(path)
     spec = load_yaml(path)
-    unknown = set(spec) - SPEC_KEYS
+    unknown = set(spec) - SWEEP_KEYS
     if unknown:
         raise ConfigError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}; valid "
-                          f"keys are {', '.join(sorted(SPEC_KEYS))}.")
+                          f"keys are {', '.join(sorted(SWEEP_KEYS))}.")
     if not spec.get("grid") and not spec.get("random"):
         raise ConfigError(f"sweep file {path} has neither grid nor random; add the fields to "
                           f"sweep, e.g. grid: {{train.recon_weight: [0, 0.392]}}.")
