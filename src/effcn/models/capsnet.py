@@ -133,7 +133,6 @@ def tiny_config() -> CapsNetConfig:
 
 
 register_model("capsnet_mnist", CapsNet, mnist_config,
-               "Original CapsNet (Sabour et al. 2017), MNIST, 3 routing iterations "
-               "(6,804,224 params w/o decoder)")
+               "Original CapsNet (Sabour et al. 2017), MNIST, 3 routing iterations")
 register_model("capsnet_tiny", CapsNet, tiny_config,
                "A tiny 28x28 CapsNet with routing-by-agreement for tests and smoke runs")

@@ -104,6 +104,6 @@ def tiny_config() -> CNNConfig:
 
 register_model("cnn_baseline_mnist", BaselineCNN, mnist_config,
                "Baseline CNN, MNIST: 2x (conv 5x5 + max-pool), 16/32 channels, linear; "
-               "cross-entropy (28,938 params)")
+               "cross-entropy")
 register_model("cnn_baseline_tiny", BaselineCNN, tiny_config,
                "A tiny baseline CNN for tests and smoke runs")

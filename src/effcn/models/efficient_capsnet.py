@@ -261,7 +261,7 @@ def cifar10_config() -> EfficientCapsNetConfig:
 
 
 register_model("efficient_capsnet_mnist", EfficientCapsNet, mnist_config,
-               "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes, 161,824 params w/o decoder)")
+               "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes)")
 register_model("efficient_capsnet_multimnist", EfficientCapsNet, multimnist_config,
                "Efficient-CapsNet, MultiMNIST preset (36x36x1, stride-2 stem, depthwise 5x5/2)")
 register_model("efficient_capsnet_affnist", EfficientCapsNet, affnist_config,
@@ -270,7 +270,7 @@ register_model("efficient_capsnet_tiny", EfficientCapsNet, tiny_config,
                "A tiny 28x28 Efficient-CapsNet for tests and smoke runs")
 register_model("efficient_capsnet_smallnorb", EfficientCapsNet, smallnorb_config,
                "Efficient-CapsNet, smallNORB preset (2x48x48, 5 classes, LeakyReLU+InstanceNorm, "
-               "conv decoder; 151,664 params w/o decoder)")
+               "conv decoder)")
 register_model("efficient_capsnet_smallnorb_tiny", EfficientCapsNet, smallnorb_tiny_config,
                "A tiny smallNORB-shaped (2x48x48, conv decoder) Efficient-CapsNet for tests")
 register_model("efficient_capsnet_cifar10", EfficientCapsNet, cifar10_config,

@@ -28,6 +28,7 @@ def list_models() -> list[str]:
 
 
 def describe_model(name: str) -> str:
+    """The preset's one-line description (parameter counts: ``effcn models`` computes them)."""
     return _lookup(name)[2]
 
 
