@@ -127,7 +127,3 @@ def broadcast_object(obj, info: DistInfo):
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()

@@ -23,7 +23,6 @@ class EvalSet:
     """A fixed evaluation set: ``len()`` items, composed ``batch(start, stop)`` at a time."""
 
     name: str = "eval"
-    num_classes: int = 0
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -42,10 +42,8 @@ class ImageSet(EvalSet):
     passed through ``transform`` (the evaluation preprocessing) when given."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, name: str = "eval",
-                 transform=None, num_classes: int = 0, class_names=()):
+                 transform=None):
         self.images, self.labels, self.name, self.transform = images, labels, name, transform
-        self.num_classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
-        self.class_names = list(class_names)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -107,5 +105,4 @@ class ClassificationTask(Task):
         return self._val
 
     def eval_set(self, split, name: str) -> EvalSet:
-        return ImageSet(split.images, split.labels, name, self.transform,
-                        class_names=split.class_names)
+        return ImageSet(split.images, split.labels, name, self.transform)
