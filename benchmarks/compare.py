@@ -89,7 +89,7 @@ def same_function(effcn_contender, reference) -> float:
     """Max |difference| of the class lengths of the two models holding the same weights."""
     ref = reference.c.model
     ref.load_state_dict(effcn_contender.c.model.state_dict())
-    x = effcn_contender.c.images[:32].float() / 255
+    x = effcn_contender.c.data.images[:32].float() / 255
     with torch.no_grad():
         a = effcn_contender.c.model.eval()(x).lengths
         b = ref.eval()(x)[0]

@@ -311,10 +311,13 @@ def _validate_data(config: Config) -> None:
     from .tasks import task_class
     if config.data.dataset not in list_datasets():
         hint = difflib.get_close_matches(config.data.dataset, list_datasets(), n=1)
-        hint = f"did you mean {hint[0]}? " if hint else ""
+        hint = f"did you mean {hint[0]}? Otherwise " if hint else ""
         raise ConfigError(f"data.dataset={config.data.dataset!r} is not a known dataset; {hint}"
                           f"use one of {', '.join(list_datasets())}.")
-    build_augment(config.data.augment)
+    try:
+        build_augment(config.data.augment)
+    except ConfigError as e:
+        raise ConfigError(f"data.augment={config.data.augment!r}: {e}") from None
     task_class(config).check_config(config)
 
 
