@@ -1,18 +1,47 @@
-"""Fixtures only (builders live in helpers.py): a tiny synthetic dataset in MNIST's IDX layout."""
+"""Fixtures only (builders live in helpers.py): a tiny synthetic dataset in MNIST's IDX layout,
+and one finished tiny run shared by the tests that only read a finished run."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import write_synthetic_idx
+from helpers import FinishedRun, quick_overrides, snapshot, write_synthetic_idx
 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     return write_synthetic_idx(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root, tmp_path_factory) -> FinishedRun:
+    """A finished 2-epoch run of the tiny model on ``synthetic_root``, trained once per session,
+    with every artefact switched on: a checkpoint per epoch (checkpoints/epoch_NNN.pt), a
+    reconstruction grid per epoch (recon/) and, when tensorboard is installed, RUN/tensorboard.
+
+    Shared: read it, never write into it. A test that writes into a run (effcn eval writes
+    RUN/eval/, visualize RUN/figures, resume the checkpoints) copies it first
+    (shutil.copytree(tiny_run.path, tmp_path / "run")). At the end of the session every file is
+    checked against its state right after training.
+    """
+    from effcn.training.config import load_config
+    from effcn.training.trainer import Trainer
+
+    runs = tmp_path_factory.mktemp("tiny_run")
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    config = load_config(None, quick_overrides(synthetic_root, runs, epochs=2, name="tiny") + [
+        "run.checkpoint_every=1", "run.recon_every=1", f"run.tensorboard={str(tensorboard).lower()}"])
+    summary = Trainer(config, quiet=True).fit()
+    run = FinishedRun(runs / "tiny", config, summary, synthetic_root)
+    before = snapshot(run.path)
+    yield run
+    after = snapshot(run.path)
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, f"a test wrote into the shared tiny_run (copy it first): {changed}"
 
 
 @pytest.fixture(autouse=True)

@@ -1,21 +1,32 @@
-"""Builders shared by the tests: synthetic data files in the real formats, quick configs.
+"""Builders shared by the tests: synthetic data files in the real formats, quick configs, and
+running the effcn command.
 
 Test files import from here (never from each other or from conftest); conftest.py holds only
-fixtures.
+fixtures. Every writer of a data file in a real format (IDX, smallNORB, CIFAR-10, affNIST .mat,
+Keras .h5) lives here; a builder that only one test file uses (in-memory images, a file damaged
+for that file's cases) may stay in that file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import pickle
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from effcn.data.idx import write_idx
+from effcn.data.idx import idx_bytes, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
+# ------------------------------------------------------------------------- MNIST's IDX files
 def synthetic_digits(n: int, seed: int, num_classes: int = 10, size: int = 28):
     """Learnable fake digits: class k is a bright bar at a class-dependent place, plus noise.
 
@@ -35,7 +46,8 @@ def synthetic_digits(n: int, seed: int, num_classes: int = 10, size: int = 28):
 
 
 def write_synthetic_idx(root: Path, n_train: int = 240, n_test: int = 80) -> Path:
-    """Write train/test IDX files (gzip'd) with MNIST's file names into root."""
+    """Write train/test IDX files (gzip'd) of learnable synthetic digits with MNIST's file names
+    into root; returns root."""
     root.mkdir(parents=True, exist_ok=True)
     for split, n, seed, prefix in (("train", n_train, 0, "train"), ("test", n_test, 1, "t10k")):
         images, labels = synthetic_digits(n, seed)
@@ -44,9 +56,209 @@ def write_synthetic_idx(root: Path, n_train: int = 240, n_test: int = 80) -> Pat
     return root
 
 
+def tiny_split(n: int, seed: int, size=(28, 28), n_classes=10):
+    """Random uint8 images (n, *size) (noise, not learnable) and labels 0, 1, ..., cycling."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, *size), dtype=np.uint8)
+    labels = (np.arange(n) % n_classes).astype(np.uint8)
+    return images, labels
+
+
+def write_tiny_mnist(folder: Path, gz: bool = True, n_train: int = 20, n_test: int = 10) -> dict:
+    """Write tiny MNIST-layout IDX files (``tiny_split`` noise) into ``folder``, gzip'd or not;
+    return {file name without .gz: sha256 of its decompressed content}, as ``MNIST.sha256``."""
+    from effcn.data import MNIST
+    folder.mkdir(parents=True, exist_ok=True)
+    shas = {}
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = tiny_split(n, seed)
+        for fname, arr in zip(MNIST.files[split], (images, labels)):
+            write_idx(folder / (fname + (".gz" if gz else "")), arr)
+            shas[fname] = hashlib.sha256(idx_bytes(arr)).hexdigest()
+    return shas
+
+
+# ------------------------------------------------------------------------------ smallNORB
+def write_smallnorb(root: Path, n: int = 10, seed: int = 0, gz: bool = True, size: int = 96):
+    """Both splits of a tiny smallNORB (n random stereo pairs each) in the real file names and
+    NORB binary format; returns {file name: MD5 of its decompressed content}, as
+    ``SmallNORB.md5``."""
+    from effcn.data import SmallNORB
+    from effcn.data.smallnorb import norb_bytes, write_norb
+    rng = np.random.default_rng(seed)
+    md5 = {}
+    for split, files in SmallNORB.files.items():
+        labels = rng.integers(0, 5, n).astype(np.int32)
+        images = rng.integers(0, 256, (n, 2, size, size)).astype(np.uint8)
+        images[:, 1] //= 2  # the two cameras differ
+        info = rng.integers(0, 9, (n, 4)).astype(np.int32)
+        for name, array in zip(files, (images, labels, info)):
+            write_norb(root / (name + (".gz" if gz else "")), array)
+            md5[name] = hashlib.md5(norb_bytes(array)).hexdigest()
+    return md5
+
+
+# ------------------------------------------------------------------------------- CIFAR-10
+def cifar_batch(n: int, seed: int) -> tuple[bytes, np.ndarray, list]:
+    """One CIFAR-10 python batch of n random images: (its pickled bytes, data (n, 3072) uint8,
+    labels)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, n)]
+    return pickle.dumps({b"batch_label": b"x", b"labels": labels, b"data": data,
+                         b"filenames": [b"f"] * n}, protocol=2), data, labels
+
+
+def write_cifar_archive(path: Path, n: int = 4, extra_member: tuple | None = None):
+    """cifar-10-python.tar.gz's layout at path: the 6 batches (n images each) under
+    cifar-10-batches-py/, plus an optional (name, bytes) member. Returns ({batch: MD5},
+    {batch: (data, labels)})."""
+    from effcn.data import CIFAR10
+    md5, arrays = {}, {}
+    with tarfile.open(path, "w:gz") as tar:
+        for i, name in enumerate(CIFAR10.files["train"] + CIFAR10.files["test"]):
+            blob, data, labels = cifar_batch(n, i)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+            md5[name] = hashlib.md5(blob).hexdigest()
+            arrays[name] = (data, labels)
+        if extra_member:
+            info = tarfile.TarInfo(extra_member[0])
+            info.size = len(extra_member[1])
+            tar.addfile(info, io.BytesIO(extra_member[1]))
+    return md5, arrays
+
+
+# -------------------------------------------------------------------------- affNIST .mat
+def write_affnist_mat(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """The real files' layout: struct affNISTdata, image 1600 x N (one row-major image per column).
+    Needs scipy (callers skip without it: pytest.importorskip("scipy.io"))."""
+    import scipy.io as sio
+    n = len(labels)
+    one_hot = np.zeros((10, n), np.uint8)
+    one_hot[labels, np.arange(n)] = 1
+    sio.savemat(str(path), {"affNISTdata": {
+        "image": images.reshape(n, -1).T.astype(np.uint8),
+        "label_int": labels.reshape(1, n).astype(np.uint8),
+        "label_one_of_n": one_hot,
+    }})
+
+
+def asymmetric_images(n: int, seed: int = 0) -> np.ndarray:
+    """40x40 uint8 images with a bright pixel near the top-right, so a transpose would show."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 50, (n, 40, 40), dtype=np.uint8)
+    images[:, 2, 30] = 255
+    return images
+
+
+# ----------------------------------------------------------------- the authors' Keras .h5
+# (layer, weight, shape) of efficient_capsnet_SMALLNORB.h5, in the order of the real file's
+# weight_names attributes: the CapsNet group, then the Generator (decoder) group.
+SMALLNORB_H5_CAPSNET = [
+    ("conv2d_4", "kernel", (7, 7, 2, 32)), ("conv2d_4", "bias", (32,)),
+    ("instance_normalization", "gamma", (32,)), ("instance_normalization", "beta", (32,)),
+    ("conv2d_5", "kernel", (3, 3, 32, 64)), ("conv2d_5", "bias", (64,)),
+    ("instance_normalization_1", "gamma", (64,)), ("instance_normalization_1", "beta", (64,)),
+    ("conv2d_6", "kernel", (3, 3, 64, 64)), ("conv2d_6", "bias", (64,)),
+    ("instance_normalization_2", "gamma", (64,)), ("instance_normalization_2", "beta", (64,)),
+    ("conv2d_7", "kernel", (3, 3, 64, 128)), ("conv2d_7", "bias", (128,)),
+    ("instance_normalization_3", "gamma", (128,)), ("instance_normalization_3", "beta", (128,)),
+    ("conv2d_8", "kernel", (8, 8, 1, 128)), ("conv2d_8", "bias", (128,)),
+    ("digit_caps", "W", (5, 16, 8, 16)), ("digit_caps", "b", (5, 16, 1))]
+SMALLNORB_H5_GENERATOR = [
+    ("dense", "kernel", (80, 64)), ("dense", "bias", (64,)),
+    ("conv2d", "kernel", (3, 3, 1, 64)), ("conv2d", "bias", (64,)),
+    ("conv2d_1", "kernel", (3, 3, 64, 128)), ("conv2d_1", "bias", (128,)),
+    ("conv2d_2", "kernel", (3, 3, 128, 128)), ("conv2d_2", "bias", (128,)),
+    ("conv2d_3", "kernel", (3, 3, 128, 2)), ("conv2d_3", "bias", (2,))]
+
+
+def write_keras_h5(path: Path, seed: int = 0, capsnet=SMALLNORB_H5_CAPSNET,
+                   generator=SMALLNORB_H5_GENERATOR) -> dict:
+    """Write a Keras-2.4-style weights file (random values) with the groups, weight_names and
+    shapes given (default: the authors' smallNORB file); return {"layer/weight": array}.
+    Needs h5py (callers skip without it: pytest.importorskip("h5py"))."""
+    import h5py
+    rng = np.random.default_rng(seed)
+    weights = {}
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.4.0"
+        f.attrs["layer_names"] = np.array([b"input_2", b"CapsNet", b"input_3", b"mask",
+                                           b"Generator"])
+        for group_name, layout in (("CapsNet", capsnet), ("Generator", generator)):
+            g = f.create_group(group_name)
+            names = []
+            for layer, weight, shape in layout:
+                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+                scale = 1.0 if weight in ("gamma",) else (0.1 if len(shape) == 1 else
+                                                          np.sqrt(2.0 / fan_in))
+                value = rng.normal(0, scale, shape).astype(np.float32)
+                if weight == "gamma":
+                    value = 1 + 0.1 * value
+                g.create_dataset(f"{layer}/{weight}:0", data=value)
+                names.append(f"{layer}/{weight}:0".encode())
+                weights[f"{layer}/{weight}"] = value
+            g.attrs["weight_names"] = np.array(names)
+        for empty in ("input_2", "input_3", "mask"):
+            f.create_group(empty).attrs["weight_names"] = np.array([], dtype=np.float64)
+    return weights
+
+
+# --------------------------------------------------------------------------- quick runs
 def quick_overrides(root: Path, run_dir: Path, epochs: int = 2, name: str = "quick") -> list[str]:
     """--set overrides for a seconds-long CPU run of the tiny model on the synthetic data."""
     return ["data.dataset=idx", f"data.root={root}", "data.val_size=40",
             "model.name=efficient_capsnet_tiny", f"train.epochs={epochs}", "train.batch_size=32",
             "train.eval_batch_size=64", "train.progress=false", "train.log_every=3",
             "optim.lr=0.003", f"run.dir={run_dir}", f"run.name={name}", "train.device=cpu"]
+
+
+class FinishedRun(NamedTuple):
+    """A finished training run: its folder, its config, what fit() returned, its data folder."""
+    path: Path
+    config: object
+    summary: dict
+    data_root: Path
+
+
+def snapshot(*dirs: Path) -> dict:
+    """{path: sha256} of every file under dirs, to prove nothing was changed."""
+    out = {}
+    for d in dirs:
+        for p in sorted(Path(d).rglob("*")):
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+# ------------------------------------------------------------------------ the effcn command
+def set_args(overrides: list[str]) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def effcn_process(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run ``python -m effcn ARGS`` in a fresh interpreter (text stdout and stderr captured)."""
+    return subprocess.run([sys.executable, "-m", "effcn", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def effcn_in_process(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``effcn ARGS`` in this interpreter through effcn.cli.main; (exit code, stdout,
+    stderr) as captured by pytest's capsys fixture (earlier output is discarded first)."""
+    from effcn.cli import main
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_sentence_error(code: int, stderr: str, message: str) -> None:
+    """Exit code 2 and stderr exactly one line, without a traceback, containing message."""
+    err = stderr.strip()
+    assert code == 2, (code, stderr)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert message in err, err

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,27 +17,9 @@ from effcn.data.augment import build_augment, margins
 from effcn.data.canvas import pad_to, place_randomly
 from effcn.errors import DataError
 
+from helpers import REPO, asymmetric_images, quick_overrides, set_args, write_affnist_mat
+
 sio = pytest.importorskip("scipy.io")
-
-
-def write_affnist_mat(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """The real files' layout: struct affNISTdata, image 1600 x N (one row-major image per column)."""
-    n = len(labels)
-    one_hot = np.zeros((10, n), np.uint8)
-    one_hot[labels, np.arange(n)] = 1
-    sio.savemat(str(path), {"affNISTdata": {
-        "image": images.reshape(n, -1).T.astype(np.uint8),
-        "label_int": labels.reshape(1, n).astype(np.uint8),
-        "label_one_of_n": one_hot,
-    }})
-
-
-def asymmetric_images(n: int, seed: int = 0) -> np.ndarray:
-    """40x40 uint8 images with a bright pixel near the top-right, so a transpose would show."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 50, (n, 40, 40), dtype=np.uint8)
-    images[:, 2, 30] = 255
-    return images
 
 
 # ---------------------------------------------------------------------------- .mat reader
@@ -203,7 +184,6 @@ def test_affnist_preset_has_16_primary_capsules():
 
 # ------------------------------------------------------------------------- effcn eval
 def test_eval_reports_affnist_style_beside_mnist40(synthetic_root, tmp_path, monkeypatch, capsys):
-    from helpers import quick_overrides
     from effcn.cli import main
     from effcn.data.mnist import MNIST
     monkeypatch.setattr(MNIST, "sha256", {})
@@ -213,8 +193,8 @@ def test_eval_reports_affnist_style_beside_mnist40(synthetic_root, tmp_path, mon
     # primary kernel 15 on the 15x15 map: 4 capsules, as the 40x40 preset does (fast routing)
     overrides += ["data.dataset=mnist40", "data.augment=place", "model.args.image_size=40",
                   "model.args.primary_kernel=15", "data.train_subset=64"]
-    args = ["train", "--config", str(Path(__file__).parents[1] / "configs" / "affnist_cpu.yaml")]
-    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    args = ["train", "--config", str(REPO / "configs" / "affnist_cpu.yaml")]
+    assert main(args + set_args(overrides)) == 0
     capsys.readouterr()
     run = tmp_path / "runs" / "aff"
     assert main(["eval", str(run)]) == 0

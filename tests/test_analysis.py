@@ -1,5 +1,5 @@
 """Seeing inside: run statistics, reconstruction grids + GIF, TensorBoard, routing, perturbation,
-filters, curves, `effcn visualize` and `effcn runs` (tiny synthetic runs on the CPU)."""
+filters, curves, `effcn visualize` and `effcn runs` (on the shared tiny run, conftest.py's tiny_run)."""
 
 import json
 
@@ -24,22 +24,11 @@ from effcn.training.trainer import Trainer
 
 from helpers import quick_overrides
 
-EPOCHS = 2
+EPOCHS = 2  # of the shared tiny_run (conftest.py), which has every artefact switched on
 
 
-@pytest.fixture(scope="module")
-def run(synthetic_root, tmp_path_factory):
-    """One tiny run with every artefact switched on."""
-    runs = tmp_path_factory.mktemp("runs")
-    config = load_config(None, quick_overrides(synthetic_root, runs, epochs=EPOCHS, name="viz")
-                         + ["run.recon_every=1", "run.tensorboard=true",
-                            "run.checkpoint_every=1"])
-    summary = Trainer(config, quiet=True).fit()
-    return runs / "viz", config, summary
-
-
-def test_summary_has_run_statistics(run):
-    run_dir, config, summary = run
+def test_summary_has_run_statistics(tiny_run):
+    run_dir, summary = tiny_run.path, tiny_run.summary
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved == summary
     for key in ("test_acc", "best_epoch", "best_val_acc", "parameters", "train_seconds"):
@@ -57,8 +46,8 @@ def test_summary_has_run_statistics(run):
     assert all(r["images_per_s"] > 0 for r in batch_records)
 
 
-def test_reconstruction_grid_holds_the_32_fixed_validation_images(run):
-    run_dir, config, _ = run
+def test_reconstruction_grid_holds_the_32_fixed_validation_images(tiny_run):
+    run_dir, config = tiny_run.path, tiny_run.config
     images, labels = R.load_fixed_images(run_dir / "recon" / "fixed_images.npz")
     assert images.shape == (32, 1, 28, 28) and images.dtype == torch.uint8
     # drawn from the validation split (not test): they are the val images at the saved positions
@@ -87,9 +76,9 @@ def test_reconstruction_grid_holds_the_32_fixed_validation_images(run):
     assert not np.array_equal(first, last)  # the reconstructions changed with training
 
 
-def test_gif_has_one_frame_per_saved_epoch(run):
+def test_gif_has_one_frame_per_saved_epoch(tiny_run):
     from PIL import Image
-    run_dir = run[0]
+    run_dir = tiny_run.path
     with Image.open(run_dir / "recon" / "reconstructions.gif") as gif:
         assert gif.n_frames == len(R.saved_grids(run_dir / "recon")) == EPOCHS
         frames = []
@@ -102,10 +91,10 @@ def test_gif_has_one_frame_per_saved_epoch(run):
     assert np.array_equal(frames[-1][-read_png(grid).shape[0]:], read_png(grid))
 
 
-def test_tensorboard_events_hold_the_expected_tags(run):
+def test_tensorboard_events_hold_the_expected_tags(tiny_run):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (effcn[tensorboard])")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(run[0] / "tensorboard"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(tiny_run.path / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     for tag in ("batch/loss", "batch/margin", "batch/recon", "batch/acc", "batch/lr",
@@ -113,7 +102,7 @@ def test_tensorboard_events_hold_the_expected_tags(run):
                 "hparam/test_acc"):
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("epoch/val_acc")] == [1, 2]
-    assert acc.Scalars("hparam/test_acc")[0].value == pytest.approx(run[2]["test_acc"])
+    assert acc.Scalars("hparam/test_acc")[0].value == pytest.approx(tiny_run.summary["test_acc"])
     assert "reconstructions" in tags["images"]
     assert any(t.startswith("weights/") for t in tags["histograms"])
 
@@ -216,8 +205,9 @@ def test_models_without_capsules_or_decoder_say_so(synthetic_root, tmp_path):
         Trainer(config, quiet=True).fit()
 
 
-def test_visualize_writes_every_figure(run, capsys):
-    run_dir = run[0]
+def test_visualize_writes_every_figure(tiny_run, tmp_path, capsys):
+    import shutil
+    run_dir = shutil.copytree(tiny_run.path, tmp_path / "run")  # visualize writes RUN/figures
     assert main(["visualize", str(run_dir), "--images", "40"]) == 0
     printed = capsys.readouterr().out
     fig = run_dir / "figures"
@@ -239,7 +229,7 @@ def test_visualize_writes_every_figure(run, capsys):
     assert (fig / "reconstructions_epoch001.png").is_file()
 
 
-def test_recon_and_gif_need_only_pillow(run, tmp_path, monkeypatch):
+def test_recon_and_gif_need_only_pillow(tiny_run, tmp_path, monkeypatch):
     """Without matplotlib, the reconstruction grid and GIF are still drawn (Pillow alone)."""
     import builtins
     real_import = builtins.__import__
@@ -250,14 +240,14 @@ def test_recon_and_gif_need_only_pillow(run, tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    written = visualize_run(run[0], kinds=("recon", "gif"), out_dir=tmp_path, say=lambda _: None)
+    written = visualize_run(tiny_run.path, kinds=("recon", "gif"), out_dir=tmp_path, say=lambda _: None)
     assert [p.name for p in written] == ["reconstructions.png", "reconstructions.gif"]
     with pytest.raises(EffcnError, match="matplotlib"):
-        visualize_run(run[0], kinds=("curves",), out_dir=tmp_path, say=lambda _: None)
+        visualize_run(tiny_run.path, kinds=("curves",), out_dir=tmp_path, say=lambda _: None)
 
 
-def test_visualize_and_runs_errors(run, tmp_path, capsys):
-    run_dir = run[0]
+def test_visualize_and_runs_errors(tiny_run, tmp_path, capsys):
+    run_dir = tiny_run.path
     assert main(["visualize", str(run_dir), "--what", "recon,nope"]) == 2
     assert "unknown figure kind(s) nope" in capsys.readouterr().err
     assert main(["visualize", str(run_dir), "--epoch", "9", "--what", "recon"]) == 2
@@ -268,9 +258,9 @@ def test_visualize_and_runs_errors(run, tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-def test_runs_lists_finished_and_unfinished_runs(run, tmp_path, capsys):
+def test_runs_lists_finished_and_unfinished_runs(tiny_run, tmp_path, capsys):
     import shutil
-    run_dir, _, summary = run
+    run_dir, summary = tiny_run.path, tiny_run.summary
     root = tmp_path / "all"
     shutil.copytree(run_dir, root / "a" / "done", ignore=shutil.ignore_patterns("*.pt", "tensorboard"))
     shutil.copytree(run_dir, root / "b", ignore=shutil.ignore_patterns("*.pt", "tensorboard"))

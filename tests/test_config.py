@@ -82,3 +82,31 @@ def test_round_trip_through_dict():
     c = load_config(None, ["train.epochs=7", "model.args.routing=uniform"])
     assert config_from_dict(c.to_dict()) == c
     assert Config() == config_from_dict(Config().to_dict())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.dataset=mnistt"], r"data\.dataset='mnistt' is not a known dataset; did you mean mnist\?"),
+    (["data.augment=rotat"], r"data\.augment='rotat': Unknown augmentation part 'rotat'"),
+    (["data.dataset=multimnist"], r"data\.augment=paper does not apply to multimnist"),
+])
+def test_data_fields_are_checked_when_the_config_is_loaded(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_sweep_with_a_bad_dataset_fails_before_any_run(tmp_path, capsys):
+    from effcn.cli import main
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"dir: {tmp_path / 'out'}\nset: [data.dataset=mnsit]\n"
+                     f"grid: {{train.epochs: [1, 2]}}\n")
+    assert main(["sweep", str(sweep)]) == 2
+    assert "did you mean mnist?" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_overrides_apply_in_one_place_for_train_resume_and_eval():
+    from effcn.training.config import apply_overrides
+    config = apply_overrides(Config(), ["train.epochs=3", "model.args.routing=uniform"])
+    assert config.train.epochs == 3 and config.model.args == {"routing": "uniform"}
+    with pytest.raises(ConfigError, match="not of the form section.key=value"):
+        apply_overrides(Config(), ["train.epochs"])

@@ -21,6 +21,8 @@ from effcn.data.download import download_first, download_url, safe_extract_tar, 
 from effcn.data.idx import idx_bytes, read_idx, read_idx_bytes, write_idx
 from effcn.errors import DataError, EffcnError
 
+from helpers import tiny_split, write_tiny_mnist
+
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
@@ -31,25 +33,6 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-def tiny_split(n: int, seed: int, size=(28, 28), n_classes=10):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, *size), dtype=np.uint8)
-    labels = (np.arange(n) % n_classes).astype(np.uint8)
-    return images, labels
-
-
-def write_tiny_mnist(folder: Path, gz: bool = True, n_train: int = 20, n_test: int = 10):
-    """Write tiny MNIST-layout files into ``folder``; return {filename: sha256 of decompressed content}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shas = {}
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        images, labels = tiny_split(n, seed)
-        for fname, arr in zip(MNIST.files[split], (images, labels)):
-            write_idx(folder / (fname + (".gz" if gz else "")), arr)
-            shas[fname] = sha256_bytes(idx_bytes(arr))
-    return shas
 
 
 def tiny_mnist_class(shas, mirrors=None):

@@ -21,57 +21,14 @@ from effcn.errors import CheckpointError  # noqa: E402
 from effcn.models.keras_import import import_keras_weights  # noqa: E402
 from effcn.training.checkpoint import model_from_checkpoint  # noqa: E402
 
+from helpers import (SMALLNORB_H5_CAPSNET as CAPSNET,  # noqa: E402
+                     SMALLNORB_H5_GENERATOR as GENERATOR, write_keras_h5)
+
 _REPO = Path(__file__).resolve().parents[1]
 # ../shared/data from the project root; a worktree under wt/ has it one level further up.
 REAL_H5 = next((p for p in (_REPO.parent / "shared", _REPO.parent.parent / "shared")
                 if (p / "data" / "weights").is_dir()), _REPO.parent / "shared") / "data" / \
     "weights" / "efficient_capsnet_SMALLNORB.h5"
-
-# (layer, weight, shape) in the order of the real file's weight_names attributes.
-CAPSNET = [("conv2d_4", "kernel", (7, 7, 2, 32)), ("conv2d_4", "bias", (32,)),
-           ("instance_normalization", "gamma", (32,)), ("instance_normalization", "beta", (32,)),
-           ("conv2d_5", "kernel", (3, 3, 32, 64)), ("conv2d_5", "bias", (64,)),
-           ("instance_normalization_1", "gamma", (64,)), ("instance_normalization_1", "beta", (64,)),
-           ("conv2d_6", "kernel", (3, 3, 64, 64)), ("conv2d_6", "bias", (64,)),
-           ("instance_normalization_2", "gamma", (64,)), ("instance_normalization_2", "beta", (64,)),
-           ("conv2d_7", "kernel", (3, 3, 64, 128)), ("conv2d_7", "bias", (128,)),
-           ("instance_normalization_3", "gamma", (128,)), ("instance_normalization_3", "beta", (128,)),
-           ("conv2d_8", "kernel", (8, 8, 1, 128)), ("conv2d_8", "bias", (128,)),
-           ("digit_caps", "W", (5, 16, 8, 16)), ("digit_caps", "b", (5, 16, 1))]
-GENERATOR = [("dense", "kernel", (80, 64)), ("dense", "bias", (64,)),
-             ("conv2d", "kernel", (3, 3, 1, 64)), ("conv2d", "bias", (64,)),
-             ("conv2d_1", "kernel", (3, 3, 64, 128)), ("conv2d_1", "bias", (128,)),
-             ("conv2d_2", "kernel", (3, 3, 128, 128)), ("conv2d_2", "bias", (128,)),
-             ("conv2d_3", "kernel", (3, 3, 128, 2)), ("conv2d_3", "bias", (2,))]
-
-
-def write_keras_h5(path: Path, seed: int = 0, capsnet=CAPSNET, generator=GENERATOR) -> dict:
-    """Write a Keras-2.4-style weights file (random values); return {"layer/weight": array}."""
-    rng = np.random.default_rng(seed)
-    weights = {}
-    with h5py.File(path, "w") as f:
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["keras_version"] = b"2.4.0"
-        f.attrs["layer_names"] = np.array([b"input_2", b"CapsNet", b"input_3", b"mask",
-                                           b"Generator"])
-        for group_name, layout in (("CapsNet", capsnet), ("Generator", generator)):
-            g = f.create_group(group_name)
-            names = []
-            for layer, weight, shape in layout:
-                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-                scale = 1.0 if weight in ("gamma",) else (0.1 if len(shape) == 1 else
-                                                          np.sqrt(2.0 / fan_in))
-                value = rng.normal(0, scale, shape).astype(np.float32)
-                if weight == "gamma":
-                    value = 1 + 0.1 * value
-                g.create_dataset(f"{layer}/{weight}:0", data=value)
-                names.append(f"{layer}/{weight}:0".encode())
-                weights[f"{layer}/{weight}"] = value
-            g.attrs["weight_names"] = np.array(names)
-        for empty in ("input_2", "input_3", "mask"):
-            f.create_group(empty).attrs["weight_names"] = np.array([], dtype=np.float64)
-    return weights
-
 
 # ------------------------------------------------ a NumPy forward in Keras' layouts
 def conv_nhwc(x, kernel, bias, stride=1, groups=1):

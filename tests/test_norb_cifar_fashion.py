@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import pickle
 import struct
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +17,15 @@ from effcn.cli import main
 from effcn.data import CIFAR10, FashionMNIST, SmallNORB, get_dataset
 from effcn.data.cifar10 import load_batch
 from effcn.data.preprocess import CIFARAugment, SmallNORBPreprocess, crop_batch, standardize
-from effcn.data.smallnorb import norb_bytes, parse_norb, write_norb
+from effcn.data.smallnorb import norb_bytes, parse_norb
 from effcn.errors import ConfigError, DataError
 from effcn.training.config import load_config
 from effcn.training.config import Config
 from effcn.training.evaluate import evaluate
 from effcn.training.tasks.classification import ClassificationTask, ImageSet
 from effcn.training.trainer import Trainer
+
+from helpers import cifar_batch, write_cifar_archive, write_keras_h5, write_smallnorb
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -55,21 +55,6 @@ def test_norb_header_is_the_documented_layout():
 def test_norb_bad_files_are_refused(data, phrase):
     with pytest.raises(DataError, match=phrase):
         parse_norb(data, "x.mat")
-
-
-def write_smallnorb(root: Path, n: int = 10, seed: int = 0, gz: bool = True, size: int = 96):
-    """Both splits of a tiny smallNORB in the real file names; returns their decompressed MD5s."""
-    rng = np.random.default_rng(seed)
-    md5 = {}
-    for split, files in SmallNORB.files.items():
-        labels = rng.integers(0, 5, n).astype(np.int32)
-        images = rng.integers(0, 256, (n, 2, size, size)).astype(np.uint8)
-        images[:, 1] //= 2  # the two cameras differ
-        info = rng.integers(0, 9, (n, 4)).astype(np.int32)
-        for name, array in zip(files, (images, labels, info)):
-            write_norb(root / (name + (".gz" if gz else "")), array)
-            md5[name] = hashlib.md5(norb_bytes(array)).hexdigest()
-    return md5
 
 
 @pytest.fixture
@@ -117,31 +102,6 @@ def test_smallnorb_download_verifies_before_renaming(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ CIFAR-10
-def cifar_batch(n: int, seed: int) -> tuple[bytes, np.ndarray, list]:
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
-    labels = [int(v) for v in rng.integers(0, 10, n)]
-    return pickle.dumps({b"batch_label": b"x", b"labels": labels, b"data": data,
-                         b"filenames": [b"f"] * n}, protocol=2), data, labels
-
-
-def write_cifar_archive(path: Path, n: int = 4, extra_member: tuple | None = None):
-    md5, arrays = {}, {}
-    with tarfile.open(path, "w:gz") as tar:
-        for i, name in enumerate(CIFAR10.files["train"] + CIFAR10.files["test"]):
-            blob, data, labels = cifar_batch(n, i)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-            md5[name] = hashlib.md5(blob).hexdigest()
-            arrays[name] = (data, labels)
-        if extra_member:
-            info = tarfile.TarInfo(extra_member[0])
-            info.size = len(extra_member[1])
-            tar.addfile(info, io.BytesIO(extra_member[1]))
-    return md5, arrays
-
-
 def _md5_file(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -315,7 +275,6 @@ def test_smallnorb_training_eval_and_import_end_to_end(norb_root, tmp_path, caps
 
 def test_imported_keras_weights_evaluate_with_effcn_eval(norb_root, tmp_path, capsys):
     pytest.importorskip("h5py")
-    from test_keras_import import write_keras_h5
     h5 = tmp_path / "w.h5"
     write_keras_h5(h5)
     out = tmp_path / "imported"

@@ -3,7 +3,6 @@ that already exists is damaged. Also divergence handling and SIGKILL + resume.""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -24,36 +23,9 @@ from effcn.training.callbacks import Callback
 from effcn.training.rundir import RunDir
 from effcn.training.trainer import Trainer
 
-from helpers import quick_overrides, write_synthetic_idx
-
-
-def snapshot(*dirs: Path) -> dict:
-    """{path: sha256} of every file under dirs, to prove nothing was changed."""
-    out = {}
-    for d in dirs:
-        for p in sorted(Path(d).rglob("*")):
-            if p.is_file():
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def run_cli(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "effcn", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
-
-
-def _sets(overrides):
-    return [a for o in overrides for a in ("--set", o)]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A finished 1-epoch run of the tiny model on synthetic data."""
-    base = tmp_path_factory.mktemp("robust")
-    root = write_synthetic_idx(base / "data")
-    config = load_config(None, quick_overrides(root, base / "runs", epochs=1, name="done"))
-    Trainer(config, quiet=True).fit()
-    return base / "runs" / "done", root
+from helpers import (asymmetric_images, assert_one_sentence_error, cifar_batch, effcn_in_process,
+                     effcn_process, quick_overrides, set_args, snapshot, write_affnist_mat,
+                     write_smallnorb, write_synthetic_idx)
 
 
 def _bad_data(tmp: Path, kind: str) -> Path:
@@ -83,15 +55,15 @@ CLI_CASES = [
     ("missing data directory", lambda t, run, root: [
         "train", "--set", "data.root=/no/such/dir", "--set", f"run.dir={t}/r"],
      "MNIST train files"),
-    ("truncated IDX", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "truncated"), t / "r", 1, "x"))],
+    ("truncated IDX", lambda t, run, root: ["train", *set_args(quick_overrides(_bad_data(t, "truncated"), t / "r", 1, "x"))],
      "is truncated"),
-    ("wrong IDX magic", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "magic"), t / "r", 1, "x"))],
+    ("wrong IDX magic", lambda t, run, root: ["train", *set_args(quick_overrides(_bad_data(t, "magic"), t / "r", 1, "x"))],
      "magic"),
-    ("wrong image size", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "dims"), t / "r", 1, "x"))],
+    ("wrong image size", lambda t, run, root: ["train", *set_args(quick_overrides(_bad_data(t, "dims"), t / "r", 1, "x"))],
      "32x32"),
-    ("image/label count mismatch", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "count"), t / "r", 1, "x"))],
+    ("image/label count mismatch", lambda t, run, root: ["train", *set_args(quick_overrides(_bad_data(t, "count"), t / "r", 1, "x"))],
      "100"),
-    ("corrupt gzip", lambda t, run, root: ["train", *_sets(quick_overrides(_bad_data(t, "gzip"), t / "r", 1, "x"))],
+    ("corrupt gzip", lambda t, run, root: ["train", *set_args(quick_overrides(_bad_data(t, "gzip"), t / "r", 1, "x"))],
      "gzip"),
     ("MNIST checksum mismatch", lambda t, run, root: [
         "train", "--set", "data.dataset=mnist", "--set", f"data.root={root}", "--set", f"run.dir={t}/r"],
@@ -141,7 +113,7 @@ CLI_CASES = [
     ("predict: missing file", lambda t, run, root: ["predict", str(run), str(t / "nope.png")],
      "does not exist"),
     ("run directory exists", lambda t, run, root: [
-        "train", *_sets(quick_overrides(root, run.parent, 1, run.name))],
+        "train", *set_args(quick_overrides(root, run.parent, 1, run.name))],
      "already exists"),
     ("resume without checkpoint", lambda t, run, root: ["train", "--resume", str(_empty_run(t))],
      "has no checkpoints/last.pt"),
@@ -152,7 +124,6 @@ def _bad_smallnorb(t: Path) -> Path:
     """smallNORB in the real file names, the training images cut to half their bytes."""
     import gzip
 
-    from test_norb_cifar_fashion import write_smallnorb
     root = t / "norb"
     root.mkdir()
     write_smallnorb(root, n=4)
@@ -166,7 +137,6 @@ def _bad_cifar(t: Path) -> Path:
     """CIFAR-10's extracted batches in the real layout, with contents that are not the real
     ones (so their MD5s differ)."""
     from effcn.data.cifar10 import CIFAR10
-    from test_norb_cifar_fashion import cifar_batch
     folder = t / "cifar" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i, name in enumerate(CIFAR10.files["train"] + CIFAR10.files["test"]):
@@ -176,7 +146,7 @@ def _bad_cifar(t: Path) -> Path:
 
 def _bad_affnist(t: Path) -> Path:
     """affNIST's 32 training batches and test file, the first batch cut in half."""
-    from test_affnist import asymmetric_images, write_affnist_mat
+    pytest.importorskip("scipy.io")
     folder = t / "aff" / "affnist"
     (folder / "training_and_validation_batches").mkdir(parents=True)
     for i in range(1, 33):
@@ -240,20 +210,50 @@ def _empty_run(t: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("case, make_args, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_bad_input_is_one_clear_sentence_and_damages_nothing(tmp_path, trained_run, case,
-                                                             make_args, message):
-    run, root = trained_run
+def _check_bad_input(tmp_path, tiny_run, monkeypatch, make_args, run_effcn):
+    """Build a row's arguments, run them with run_effcn(args) -> (exit code, stderr) from
+    tmp_path, and check the shared run and its data are untouched and nothing was created."""
+    run, root = tiny_run.path, tiny_run.data_root
+    monkeypatch.delenv("EFFCN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.chdir(tmp_path)
     before = snapshot(run, root)
-    args = make_args(tmp_path, run, root)
-    r = run_cli(*args, cwd=tmp_path)
-    assert r.returncode == 2, (case, r.stdout, r.stderr)
-    err = r.stderr.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert message in err, err
+    code, err = run_effcn(make_args(tmp_path, run, root))
     assert snapshot(run, root) == before
     assert not (tmp_path / "PWNED").exists()
     assert not (tmp_path / "r" / "x").exists()  # a run that failed to start leaves no folder
+    return code, err
+
+
+@pytest.mark.parametrize("case, make_args, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_bad_input_is_one_clear_sentence_and_damages_nothing(tmp_path, tiny_run, monkeypatch,
+                                                             capsys, case, make_args, message):
+    """Every row in this interpreter, through effcn.cli.main."""
+    def in_process(args):
+        code, _, err = effcn_in_process(args, capsys)
+        return code, err
+
+    code, err = _check_bad_input(tmp_path, tiny_run, monkeypatch, make_args, in_process)
+    assert_one_sentence_error(code, err, message)
+
+
+# Rows that also run through a real `python -m effcn`: no traceback reaches the terminal end to
+# end (interpreter start, imports, exit status), not only from main().
+SUBPROCESS_CASES = [c for c in CLI_CASES if c[0] in ("missing data directory", "unknown config key",
+                                                     "corrupted checkpoint")]
+assert len(SUBPROCESS_CASES) == 3
+
+
+@pytest.mark.parametrize("case, make_args, message", SUBPROCESS_CASES,
+                         ids=[c[0] for c in SUBPROCESS_CASES])
+def test_bad_input_through_a_real_interpreter_prints_no_traceback(tmp_path, tiny_run, monkeypatch,
+                                                                  case, make_args, message):
+    def in_subprocess(args):
+        r = effcn_process(*args, cwd=tmp_path)
+        return r.returncode, r.stderr
+
+    code, err = _check_bad_input(tmp_path, tiny_run, monkeypatch, make_args, in_subprocess)
+    assert_one_sentence_error(code, err, message)
 
 
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
@@ -427,10 +427,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root,
         "the run finished epoch 2 before it could be killed"
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
 
-    r = run_cli("train", "--resume", str(tmp_path / "killed"), "--quiet")
+    r = effcn_process("train", "--resume", str(tmp_path / "killed"), "--quiet")
     assert r.returncode == 0, r.stderr
-    r = run_cli("train", *_sets(quick_overrides(synthetic_root, tmp_path, epochs=3, name="clean") +
-                                ["train.log_every=1"]), "--quiet")
+    r = effcn_process("train", *set_args(quick_overrides(synthetic_root, tmp_path, epochs=3,
+                                                         name="clean") + ["train.log_every=1"]),
+                      "--quiet")
     assert r.returncode == 0, r.stderr
 
     a = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")

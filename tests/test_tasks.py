@@ -75,6 +75,7 @@ trainer.fit()
 weights = [p.detach().double().sum().item() for p in trainer.model.parameters()]
 with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f:
     json.dump({"batches": seen, "weights": weights}, f)
+del trainer
 """
 
 

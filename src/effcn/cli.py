@@ -252,8 +252,9 @@ def cmd_sweep(args) -> int:
 def cmd_import_keras(args) -> int:
     from .models.keras_import import import_keras_weights
     from .tools.import_keras import write_imported_run
+    from .training.rundir import RunDir
     out = Path(args.out)
-    if (out / "checkpoints" / "best.pt").exists():
+    if RunDir(out).best.exists():
         raise EffcnError(f"{out} already holds a checkpoint; choose another --out folder.")
     model, mapping = import_keras_weights(args.h5, args.preset)
     for target, name in mapping.items():

@@ -66,7 +66,7 @@ class RunData:
 
 def fixed_images(run: RunDir, data: RunData) -> tuple[torch.Tensor, torch.Tensor]:
     from ..analysis import reconstructions as R
-    path = run.recon / "fixed_images.npz"
+    path = run.fixed_images
     if path.is_file():
         return R.load_fixed_images(path)
     images, labels = data.val()

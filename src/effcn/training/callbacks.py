@@ -65,7 +65,7 @@ class ReconstructionGrids(Callback):
             self.images = None
             return
         self.dir = trainer.run.recon
-        path = self.dir / "fixed_images.npz"
+        path = trainer.run.fixed_images
         if path.is_file():  # a resumed run keeps its images
             self.images, self.labels = R.load_fixed_images(path)
         else:

@@ -7,7 +7,7 @@
       summary.json           written once by training: the test figures of best.pt
       checkpoints/           best.pt, last.pt (resumable), epoch_NNN.pt (run.checkpoint_every)
       eval/                  <split>_<checkpoint>.json, one report per `effcn eval`
-      recon/                 reconstruction grids and their GIF (run.recon_every)
+      recon/                 fixed_images.npz, reconstruction grids, their GIF (run.recon_every)
       figures/               effcn visualize output
       tensorboard/           TensorBoard events (run.tensorboard)
 
@@ -109,6 +109,11 @@ class RunDir:
     @property
     def last(self) -> Path:
         return self.checkpoints / "last.pt"
+
+    @property
+    def fixed_images(self) -> Path:
+        """The 32 validation images every reconstruction grid of the run shows."""
+        return self.recon / "fixed_images.npz"
 
     @property
     def figures(self) -> Path:

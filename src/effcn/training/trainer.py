@@ -13,6 +13,7 @@ continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from datetime import datetime
@@ -282,6 +283,11 @@ class Trainer:
         except KeyboardInterrupt:
             raise self._interrupted() from None
         finally:
+            if self.dist.enabled and hasattr(self, "step"):
+                # The DDP wrapper must be gone before its process group: one destroyed later
+                # (e.g. a Trainer kept in a notebook or a script's globals) aborts the process.
+                self.step.forward_model = self.model
+                gc.collect()
             distributed.shutdown(self.dist)
 
     def _fit_epochs(self) -> float:
