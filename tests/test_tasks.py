@@ -124,3 +124,38 @@ def test_bench_uses_the_configured_optimizer(tmp_path):
     before = [p.detach().clone() for p in c.model.parameters()]
     c.train_step()
     assert any(not torch.equal(a, p) for a, p in zip(before, c.model.parameters()))
+
+
+@pytest.mark.parametrize("task", ["multimnist", "classification"])
+def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_path, monkeypatch):
+    """Composing a batch and the step itself read no value back to the host (no .item(), no
+    bool() of a tensor): the loop syncs only when it flushes its log (train.log_every)."""
+    monkeypatch.setattr(MultiMNIST, "sha256", {})
+    inside, reads = [False], []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        def read(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+            if inside[0]:
+                reads.append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, read)
+    inside[0] = True
+    assert not torch.zeros(1) and torch.ones(1).item() == 1 and reads == ["__bool__", "item"]
+    inside[0], reads[:] = False, []
+
+    def watched(real):
+        def call(*args, **kwargs):
+            inside[0] = True
+            try:
+                return real(*args, **kwargs)
+            finally:
+                inside[0] = False
+        return call
+
+    from effcn.training.trainer import TrainStep
+    monkeypatch.setattr(TrainStep, "__call__", watched(TrainStep.__call__))
+    for cls in (ClassificationTask, MultiMNISTTask):
+        monkeypatch.setattr(cls, "train_batch", watched(cls.train_batch))
+    overrides = (multimnist_overrides(synthetic_root, tmp_path, "mm") if task == "multimnist"
+                 else quick_overrides(synthetic_root, tmp_path, epochs=1) + ["data.augment=paper"])
+    Trainer(load_config(None, overrides + ["train.log_every=100"]), quiet=True).fit()
+    assert inside == [False] and reads == []

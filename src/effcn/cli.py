@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("sweep", help="grid/random search over config fields and seeds")
-    p.add_argument("spec", help="sweep YAML file (see effcn.sweep)")
+    p.add_argument("spec", help="sweep YAML file (format: effcn.tools.sweep, docs/training.md)")
     p.add_argument("--workers", type=int, help="parallel worker processes (overrides the file)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.set_defaults(func=cmd_sweep)

@@ -10,5 +10,5 @@ function turns those into a matplotlib figure (Agg backend, imported inside the 
     curves            training curves from metrics.jsonl
     imageio           PNG/GIF writing (Pillow) and figure saving, all atomic
 
-``effcn visualize RUN`` (effcn.analysis.visualize) writes all of them into ``RUN/figures``.
+``effcn visualize RUN`` (effcn.tools.visualize) writes all of them into ``RUN/figures``.
 """
