@@ -67,8 +67,6 @@ class ClassificationTask(Task):
 
     def setup(self, train, val) -> None:
         self.train_x, self.train_y = train.images, train.labels
-        self.val_x, self.val_y = val.images, val.labels
-        self.class_names = train.class_names
         self.num_classes = int(torch.cat([train.labels, val.labels]).max()) + 1
         self._val = self.eval_set(val, "val")
 

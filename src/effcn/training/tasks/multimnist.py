@@ -95,7 +95,6 @@ class MultiMNISTTask(Task):
         # Padded to 36x36 once, uint8 on the device; pairs are composed per batch.
         self.train_x, self.train_y = pad_digits(train.images), train.labels
         self.sampler = PartnerSampler(self.train_y)
-        self.class_names = train.class_names
         self._val = self.eval_set(val, "val")
 
     @property
