@@ -50,6 +50,13 @@ def keras_he_normal_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
     return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
+def keras_glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> torch.Tensor:
+    """Keras' `glorot_uniform`: uniform in +-sqrt(6 / (fan_in + fan_out)), with the fans Keras
+    computes (its own kernel layout; pass them explicitly)."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return nn.init.uniform_(weight, -limit, limit)
+
+
 class PrimaryCaps(nn.Module):
     """Depthwise conv ('valid', no activation) reshaped to capsules and squashed.
 
@@ -64,12 +71,21 @@ class PrimaryCaps(nn.Module):
     is as fast, so it is used. Set False for the plain conv always."""
 
     def __init__(self, in_channels: int, kernel_size: int, num_caps: int, caps_dim: int,
-                 stride: int = 1):
+                 stride: int = 1, init: str = "glorot_uniform"):
         super().__init__()
         self.num_caps, self.caps_dim = num_caps, caps_dim
         self.conv = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride,
                               groups=in_channels)
-        keras_he_normal_(self.conv.weight, fan_in=kernel_size * kernel_size)
+        rf = kernel_size * kernel_size
+        if init == "glorot_uniform":
+            # Follows the authors' code: their depthwise conv names no initialiser, so Keras'
+            # default applies, with Keras' fans of a (k, k, 1, C) kernel (std 0.014 on MNIST).
+            keras_glorot_uniform_(self.conv.weight, fan_in=rf, fan_out=rf * in_channels)
+        elif init == "he_normal":  # effcn before 2026-12: first-step capsules ~3x longer
+            keras_he_normal_(self.conv.weight, fan_in=rf)
+        else:
+            raise ValueError(f"primary capsule init must be glorot_uniform or he_normal, got "
+                             f"{init!r}")
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -211,6 +211,8 @@ def cmd_predict(args) -> int:
     names = state.get("class_names") or [str(i) for i in range(cfg.num_classes)]
     batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels, invert=args.invert)
                          for p in args.images])
+    # as the run's data were scaled (the authors' MNIST: x / 256, so 255 -> 0.996)
+    batch = batch * (255.0 / state.get("config", {}).get("data", {}).get("pixel_divisor", 255.0))
     with torch.no_grad():
         lengths = model(batch).lengths
     # capsule models score classes by capsule length; the baseline CNN by probability/score

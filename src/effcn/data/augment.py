@@ -1,36 +1,64 @@
 """Efficient-CapsNet MNIST training augmentation, batched on any device.
 
-The paper's MNIST model, per sample and in this order (training only):
+The authors' MNIST pipeline (their TensorFlow code), per sample and in this order (training only):
 
-1. rotate, with probability 0.5, by ``int(clip(N(0, .33), -.9999, .9999) * 30)`` degrees;
-2. shift each axis towards a random side by ``floor(min(|N(0, .33)|, .9999) * margin)`` px,
-   ``margin`` being the empty rows/columns between the digit's bounding box and that border;
-3. squish horizontally: the width shrinks by ``w = floor(min(|N|, .9999) * 7 + 1)`` px and the
-   narrower image is placed at column ``w // 2 + floor(min(|N|, .9999) * 2)``;
+1. rotate, with probability 0.5, by ``int(clip(N(0, .33), -.9999, .9999) * 30)`` degrees, with
+   cv2 (``getRotationMatrix2D((W/2, H/2), angle, 1)`` + ``warpAffine``: bilinear, zeros outside);
+   a positive angle turns the displayed image counter-clockwise;
+2. shift each axis towards a random side, ``r = min(|N(0, .33)|, .9999)`` and ``margin`` the
+   empty rows/columns between the digit's bounding box and that border: towards the top/left by
+   ``ceil(r * margin)`` (their code writes ``floor(-r * margin)``), towards the bottom/right by
+   ``floor(r * (margin + 1))``. Both are at most ``margin`` because ``r < 1``: the digit stays
+   whole;
+3. squish horizontally: the width shrinks by ``w = floor(min(|N|, .9999) * 7 + 1)`` px with
+   ``tf.image.resize(..., method="lanczos3", antialias=True)`` (height unchanged), and the
+   narrower image is placed at column ``w // 2 + floor(min(|N|, .9999) * 2)``; nothing is
+   clipped, so Lanczos ringing leaves pixels below 0 and above 1;
 4. erase a 4x4 patch whose top-left corner is uniform in ``[4, 22]`` on both axes.
+
+``data.augment=paper`` is exactly that (:class:`AugmentConfig`'s defaults). effcn's earlier
+variant is kept as named options, each for a reason given in :class:`AugmentConfig`:
+
+=================  ==================================  ========================================
+option (after :)   AugmentConfig field                 instead of the authors'
+=================  ==================================  ========================================
+``floor``          ``shift_rounding="floor"``          ``floor(r * margin)`` towards both sides
+``area``           ``squish_resample="area"``          exact area (box) weights, no ringing
+``centre``         ``rotation_centre="centre"``        rotation about ``((W-1)/2, (H-1)/2)``
+``clamp``          ``clamp_output=True``               the output clamped to [0, 1]
+``smooth``         all four of the above               (effcn's default before the change)
+=================  ==================================  ========================================
+
+Spec strings (``data.augment``, :func:`build_augment`): ``PARTS[:OPTION[,OPTION...]]`` where
+``PARTS`` is ``paper`` (all four steps), ``none``, or steps joined by ``+`` in any order
+(``rotate+erase``); they always run in :data:`PARTS` order. ``paper_smooth`` is a registered
+shorthand for ``paper:smooth``. Examples: ``paper`` (the authors' exact augmentation),
+``paper_smooth`` (effcn's earlier variant), ``rotate+shift:floor``, ``paper:area,clamp``.
 
 Every step works on a whole batch ``(B, C, H, W)`` at once, on the images' device, with no
 Python loop over samples and no host-device sync. Drawing the random numbers
 (:func:`sample_params`) is separate from using them (:func:`apply_params` and the per-step
 functions :func:`rotate`, :func:`shift_amounts`, :func:`translate`, :func:`squish`,
-:func:`erase`), so the distributions can be tested on their own.
+:func:`erase`), so the distributions can be tested on their own; the draws do not depend on the
+options, so one (seed, epoch) generator gives the same draws under every variant.
 
-Where this differs from the authors' TensorFlow code, on purpose:
-
-- rotation is about the image centre (pixel-centre coordinates ``((W-1)/2, (H-1)/2)``); cv2 used
-  ``(14, 14)``, half a pixel off for 28x28;
-- squish resamples with exact area (box) weights instead of antialiased Lanczos-3: no ringing
-  outside [0, 1], and the image's mass is scaled by exactly ``(W - w) / W``;
-- shifts use ``floor(frac * margin)`` on both sides as the paper describes (the authors' code used
-  ``ceil(frac * margin)`` towards the top/left and ``floor(frac * (margin + 1))`` towards the
-  bottom/right; all keep the digit whole).
+What is not reproduced bit for bit: cv2's ``warpAffine`` rounds each sampling position to 1/32
+pixel (fixed-point bilinear weights); :func:`rotate` samples at the exact position (a
+difference of at most 1/64 pixel in position). The Lanczos weights follow TensorFlow's float32
+arithmetic step by step (:func:`tf_resize_weights`), including the row pass TensorFlow runs for
+the unchanged height (a near-identity whose off-diagonal weights are about 2e-8); sums are
+accumulated in another order than TensorFlow's, so outputs agree to float rounding (about 1e-7).
+The authors' random numbers come from TensorFlow's generators; ours from torch's, with the same
+distributions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +67,28 @@ from effcn.errors import ConfigError
 PARTS: Tuple[str, ...] = ("rotate", "shift", "squish", "erase")
 """The augmentation steps, in the fixed order they are applied."""
 
+SHIFT_ROUNDINGS: Tuple[str, ...] = ("authors", "floor")
+SQUISH_RESAMPLES: Tuple[str, ...] = ("lanczos3", "area")
+ROTATION_CENTRES: Tuple[str, ...] = ("authors", "centre")
+
+OPTIONS: Dict[str, Dict[str, object]] = {
+    "floor": {"shift_rounding": "floor"},
+    "area": {"squish_resample": "area"},
+    "centre": {"rotation_centre": "centre"},
+    "clamp": {"clamp_output": True},
+}
+"""Spec options (after ``:``) -> the AugmentConfig fields they set."""
+OPTIONS["smooth"] = {k: v for o in ("floor", "area", "centre", "clamp") for k, v in OPTIONS[o].items()}
+
+NAMED_SPECS: Dict[str, str] = {"paper_smooth": "paper:smooth"}
+"""Shorthand spec names -> the spec they stand for."""
+
 Params = Dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The numbers of the augmentation; defaults are the paper's (28x28 MNIST).
+    """The numbers and variants of the augmentation; defaults are the authors' (28x28 MNIST).
 
     ``squish_max`` and ``erase_range`` default to ``None``, meaning "scale with the image":
     ``squish_max = width / 4`` (7 for 28, 10 for 40, as in the original code) and
@@ -68,6 +112,28 @@ class AugmentConfig:
     """Side of the erased square patch, pixels."""
     erase_range: Optional[Tuple[int, int]] = None
     """Inclusive range of the patch's top-left corner on each axis. None: ``(4, size - 6)``."""
+    shift_rounding: str = "authors"
+    """``"authors"``: ``ceil(r * margin)`` towards the top/left, ``floor(r * (margin + 1))``
+    towards the bottom/right, as the authors' code does (mean |dy| about 1.3 px on MNIST).
+    ``"floor"``: ``floor(r * margin)`` both ways, as the paper's text reads; it exists because it
+    was effcn's earlier default (about half the mean shift, and most images keep their vertical
+    position) and runs trained with it must stay reproducible. Both keep the digit whole."""
+    squish_resample: str = "lanczos3"
+    """``"lanczos3"``: TensorFlow's antialiased Lanczos-3 resize, as the authors' code
+    (``tf.image.resize``): sharp, but it rings, leaving pixels below 0 and above 1.
+    ``"area"``: exact area (box) weights; it exists as the ringing-free alternative (and effcn's
+    earlier default): every weight is >= 0, so pixels stay in [0, 1], and an uncropped image's
+    mass is scaled by exactly ``(W - w) / W``."""
+    rotation_centre: str = "authors"
+    """``"authors"``: about ``(W/2, H/2)`` in pixel-centre coordinates, i.e. cv2's
+    ``getRotationMatrix2D((14, 14), ...)`` for 28x28, half a pixel right of and below the middle.
+    ``"centre"``: about the true centre ``((W-1)/2, (H-1)/2)``; it exists because it was effcn's
+    earlier default and is the geometrically symmetric choice (a 90-degree turn is exactly
+    ``rot90``)."""
+    clamp_output: bool = False
+    """Clamp the augmented images to [0, 1]. The authors do not (so Lanczos ringing survives);
+    True is effcn's earlier behaviour. With ``squish_resample="area"`` every step already stays in
+    [0, 1], so the clamp then only removes float rounding (values like 1 + 1e-7)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -83,6 +149,12 @@ class AugmentConfig:
                 or (len(self.erase_range) == 2 and 0 <= self.erase_range[0] <= self.erase_range[1]),
                 "erase_range must be (lo, hi) with 0 <= lo <= hi",
             ),
+            (self.shift_rounding in SHIFT_ROUNDINGS,
+             f"shift_rounding must be one of {', '.join(SHIFT_ROUNDINGS)}"),
+            (self.squish_resample in SQUISH_RESAMPLES,
+             f"squish_resample must be one of {', '.join(SQUISH_RESAMPLES)}"),
+            (self.rotation_centre in ROTATION_CENTRES,
+             f"rotation_centre must be one of {', '.join(ROTATION_CENTRES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,10 +195,12 @@ def sample_params(
     - ``rotate`` (B,) bool: whether the sample is rotated;
     - ``angle`` (B,) float32: integer-valued degrees, counter-clockwise as displayed;
     - ``shift_sign`` (B, 2) int64 in {-1, +1}: direction per axis (y, x), +1 = down / right;
-    - ``shift_frac`` (B, 2) float32 in [0, clip]: fraction of the margin to move;
+    - ``shift_frac`` (B, 2) float32 in [0, clip]: the fraction ``r`` of the margin to move;
     - ``squish_w`` (B,) int64 in [1, floor(squish_max + 1)]: columns removed by the squish;
     - ``squish_offset`` (B,) int64: first column of the squished image, ``w // 2 + {0, 1}``;
     - ``erase_yx`` (B, 2) int64: top-left corner (row, column) of the erased patch.
+
+    The variant options of ``cfg`` (rounding, resampling, centre, clamp) do not change the draws.
     """
     cfg = cfg or AugmentConfig()
     shape = (batch_size,)
@@ -160,19 +234,33 @@ def sample_params(
     }
 
 
-def rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+def rotate(images: torch.Tensor, angle: torch.Tensor, centre: str = "authors") -> torch.Tensor:
     """Rotate (B, C, H, W) images by ``angle`` (B,) degrees, counter-clockwise as displayed.
 
-    About the image centre, bilinear, zeros outside. Angle 0 is close to but not exactly the
-    identity (grid rounding); :func:`apply_params` keeps unrotated samples untouched.
+    cv2's convention: ``getRotationMatrix2D`` with a positive angle turns the displayed image
+    (row 0 at the top) counter-clockwise, so a point right of the centre moves up. Bilinear,
+    zeros outside (cv2's ``warpAffine`` defaults). ``centre``: ``"authors"`` turns about
+    ``(W/2, H/2)`` in pixel-centre coordinates (cv2 with ``(14, 14)`` for 28x28), ``"centre"``
+    about ``((W-1)/2, (H-1)/2)``. Positions are sampled exactly; cv2 rounds them to 1/32 pixel,
+    which is not reproduced. Angle 0 is close to but not exactly the identity (grid rounding);
+    :func:`apply_params` keeps unrotated samples untouched.
     """
+    if centre not in ROTATION_CENTRES:
+        raise ConfigError(f"Unknown rotation centre {centre!r}: use one of {', '.join(ROTATION_CENTRES)}.")
     _, _, h, w = images.shape
     rad = torch.deg2rad(angle.to(device=images.device, dtype=torch.float32))
     cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
-    # theta maps output to input coordinates, normalised to [-1, 1] per axis; the h/w factors
-    # keep the rotation rigid in pixels when H != W.
+    # theta maps output to input coordinates, normalised to [-1, 1] per axis (pixel x sits at
+    # (2x + 1) / W - 1); the h/w factors keep the rotation rigid in pixels when H != W.
+    # Pixel (W/2, H/2) is at normalised (1/W, 1/H); ((W-1)/2, (H-1)/2) at (0, 0).
+    if centre == "centre":
+        tx = ty = zero
+    else:
+        cx, cy = 1.0 / w, 1.0 / h
+        tx = cx - cos * cx + sin * (h / w) * cy
+        ty = cy - sin * (w / h) * cx - cos * cy
     theta = torch.stack(
-        [torch.stack([cos, -sin * (h / w), zero], -1), torch.stack([sin * (w / h), cos, zero], -1)],
+        [torch.stack([cos, -sin * (h / w), tx], -1), torch.stack([sin * (w / h), cos, ty], -1)],
         dim=-2,
     ).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
@@ -197,18 +285,30 @@ def margins(images: torch.Tensor) -> torch.Tensor:
     return out * rows.any(dim=1, keepdim=True)
 
 
-def shift_amounts(images: torch.Tensor, sign: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-    """Integer shifts (B, 2) int64 (dy, dx): ``sign * floor(frac * margin on that side)``.
+def shift_amounts(
+    images: torch.Tensor, sign: torch.Tensor, frac: torch.Tensor, rounding: str = "authors"
+) -> torch.Tensor:
+    """Integer shifts (B, 2) int64 (dy, dx) within the margins on the chosen sides.
 
     ``sign`` (B, 2) in {-1, +1} (+1 = down / right), ``frac`` (B, 2) in [0, 1).
+    ``rounding="authors"``: ``-ceil(frac * margin)`` towards the top/left (computed as the
+    authors' ``floor(-frac * margin)``), ``+floor(frac * (margin + 1))`` towards the bottom/right.
+    ``rounding="floor"``: ``sign * floor(frac * margin)``.
+    Either way ``|shift| <= margin`` because ``frac < 1`` (``frac * (margin + 1) < margin + 1``),
+    so the digit stays whole; :func:`translate` then moves it exactly.
     """
+    if rounding not in SHIFT_ROUNDINGS:
+        raise ConfigError(f"Unknown shift rounding {rounding!r}: use one of {', '.join(SHIFT_ROUNDINGS)}.")
     top, bottom, left, right = margins(images).unbind(dim=1)
     sign = sign.to(images.device)
+    frac = frac.to(device=images.device, dtype=torch.float32)
+    down = sign > 0
     margin = torch.stack(
-        [torch.where(sign[:, 0] > 0, bottom, top), torch.where(sign[:, 1] > 0, right, left)], dim=1
-    )
-    # The paper: the digit stays whole; frac < 1 keeps the shift within the margin, so nothing clips.
-    return sign * torch.floor(frac.to(images.device) * margin).long()
+        [torch.where(down[:, 0], bottom, top), torch.where(down[:, 1], right, left)], dim=1
+    ).to(torch.float32)
+    if rounding == "floor":
+        return sign * torch.floor(frac * margin).long()
+    return torch.where(down, torch.floor(frac * (margin + 1)), torch.floor(-frac * margin)).long()
 
 
 def translate(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -225,19 +325,114 @@ def translate(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~valid, 0)
 
 
-def squish(images: torch.Tensor, shrink: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+# --- TensorFlow's antialiased Lanczos-3 resize ------------------------------------------------
+
+_F32 = np.float32
+_TF_PI = _F32(3.14159265359)  # sampling_kernels.h: constexpr float kPI
+_LANCZOS_RADIUS = _F32(3)
+
+
+def _tf_lanczos3(x: np.float32) -> np.float32:
+    """TensorFlow's LanczosKernelFunc(3) in float32: sinc(x) sinc(x/3), 0 beyond |x| > 3."""
+    x = _F32(abs(x))
+    if x > _LANCZOS_RADIUS:
+        return _F32(0)
+    if float(x) <= 1e-3:  # the sin(x)/x limit
+        return _F32(1)
+    r = _LANCZOS_RADIUS
+    return r * np.sin(_TF_PI * x) * np.sin(_TF_PI * x / r) / (_TF_PI * _TF_PI * x * x)
+
+
+def tf_resize_weights(out_size: int, in_size: int) -> np.ndarray:
+    """The (out_size, in_size) float32 weights of ``tf.image.resize(method="lanczos3",
+    antialias=True)`` along one axis: output pixel ``x`` is ``sum_i W[x, i] * input[i]``.
+
+    TensorFlow's ``ComputeSpansCore`` (scale_and_translate_op.cc) with translation 0, in its
+    float32 arithmetic: ``scale = out / in``; ``kernel_scale = max(1 / scale, 1)``; output ``x``
+    samples at ``s = (x + 0.5) / scale``; its span is the input pixels ``i`` from
+    ``ceil(s - 3 * kernel_scale - 0.5)`` to ``floor(s + 3 * kernel_scale - 0.5)``, both clamped
+    to ``[0, in)`` (so near an edge only the in-range pixels get weights); the weights
+    ``lanczos3(|i + 0.5 - s| / kernel_scale)`` are divided by their sum (when that is not ~0).
+    """
+    scale = _F32(out_size) / _F32(in_size)
+    inv_scale = _F32(1.0 / float(scale))
+    kernel_scale = max(inv_scale, _F32(1))
+    reach = _LANCZOS_RADIUS * kernel_scale
+    one_over_kernel_scale = _F32(1) / kernel_scale
+    weights = np.zeros((out_size, in_size), np.float32)
+    for x in range(out_size):
+        sample = (_F32(x) + _F32(0.5)) * inv_scale
+        if sample < 0 or sample > in_size:  # outside the source: an empty span
+            continue
+        start = int(np.ceil(sample - reach - _F32(0.5)))
+        end = int(np.floor(sample + reach - _F32(0.5)))
+        start, end = min(max(start, 0), in_size - 1), min(max(end, 0), in_size - 1) + 1
+        row = [_tf_lanczos3((_F32(i) + _F32(0.5) - sample) * one_over_kernel_scale)
+               for i in range(start, end)]
+        total = _F32(0)
+        for value in row:
+            total = _F32(total + value)
+        if abs(total) >= 1000 * np.finfo(np.float32).tiny:
+            weights[x, start:end] = np.array(row, np.float32) * (_F32(1) / total)
+    return weights
+
+
+_BANKS: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _lanczos_bank(height: int, width: int, device: torch.device, dtype: torch.dtype):
+    """``(rows (H, H), bank (W, W, W))``: TensorFlow's row weights for the unchanged height, and
+    for each shrink ``k`` in [1, W) the (W - k, W) column weights in ``bank[k, :W - k]`` (rest 0).
+
+    Built once per (size, device, dtype) on the host and kept on the device.
+    """
+    key = (height, width, str(device), dtype)
+    if key not in _BANKS:
+        bank = np.zeros((width, width, width), np.float32)
+        bank[0] = np.eye(width, dtype=np.float32)
+        for k in range(1, width):
+            bank[k, : width - k] = tf_resize_weights(width - k, width)
+        rows = tf_resize_weights(height, height)
+        _BANKS[key] = (torch.from_numpy(rows).to(device=device, dtype=dtype),
+                       torch.from_numpy(bank).to(device=device, dtype=dtype))
+    return _BANKS[key]
+
+
+def _placed(weights: torch.Tensor, offset: torch.Tensor, new_width: torch.Tensor) -> torch.Tensor:
+    """Zero the rows of (B, W_out, W_in) ``weights`` outside ``[offset, offset + new_width)``."""
+    out_col = torch.arange(weights.shape[1], device=weights.device)[None, :]
+    inside = (out_col >= offset[:, None]) & (out_col < (offset + new_width)[:, None])
+    return weights * inside[:, :, None].to(weights.dtype)
+
+
+def squish(
+    images: torch.Tensor, shrink: torch.Tensor, offset: torch.Tensor, resample: str = "lanczos3"
+) -> torch.Tensor:
     """Squeeze (B, C, H, W) images horizontally to ``W - shrink`` columns placed at ``offset``.
 
     ``shrink`` and ``offset`` are (B,) integer pixels; columns outside
-    ``[offset, offset + W - shrink)`` become 0 (anything past column W is cropped). Area
-    resampling: each output column averages the input span it covers, so the total mass of an
-    uncropped image is multiplied by exactly ``(W - shrink) / W``.
+    ``[offset, offset + W - shrink)`` become 0 (anything past column W is cropped), as the
+    authors' ``pad_to_bounding_box`` + ``crop_to_bounding_box``.
+
+    ``resample="lanczos3"``: TensorFlow's antialiased Lanczos-3 (:func:`tf_resize_weights`),
+    rows then columns as TensorFlow does; it rings (values below 0 and above 1) and is not
+    clipped here. ``resample="area"``: each output column averages the input span it covers,
+    so the total mass of an uncropped image is multiplied by exactly ``(W - shrink) / W``.
     """
-    width = images.shape[-1]
+    if resample not in SQUISH_RESAMPLES:
+        raise ConfigError(f"Unknown squish resampling {resample!r}: use one of {', '.join(SQUISH_RESAMPLES)}.")
+    height, width = images.shape[-2:]
     device = images.device
     shrink = shrink.to(device=device, dtype=torch.long)
     offset = offset.to(device=device, dtype=torch.long)
     new_width = width - shrink  # (B,)
+    if resample == "lanczos3":
+        rows, bank = _lanczos_bank(height, width, device, images.dtype)
+        # Output column c takes resized column c - offset: gather the bank's rows per sample.
+        src = (torch.arange(width, device=device)[None, :] - offset[:, None]).clamp(0, width - 1)
+        weights = _placed(bank[shrink.clamp(0, width - 1)[:, None], src], offset, new_width)
+        tall = torch.einsum("yi,bcix->bcyx", rows, images)
+        return torch.einsum("bcyx,bkx->bcyk", tall, weights)
     scale = (width / new_width.to(torch.float32))[:, None, None]  # input px per output px
     out_col = torch.arange(width, device=device)[None, :, None]  # (1, W_out, 1)
     in_col = torch.arange(width, device=device, dtype=torch.float32)[None, None, :]  # (1, 1, W_in)
@@ -267,21 +462,30 @@ def apply_params(
 ) -> torch.Tensor:
     """Apply the chosen ``parts`` (always in :data:`PARTS` order) with drawn ``params``.
 
-    ``images`` (B, C, H, W) in [0, 1]; returns the same shape, dtype and device, in [0, 1].
+    ``images`` (B, C, H, W) in [0, 1]; returns the same shape, dtype and device. With the
+    authors' defaults the Lanczos squish leaves some pixels outside [0, 1]; ``cfg.clamp_output``
+    clamps them (and ``squish_resample="area"`` never leaves [0, 1] beyond float rounding).
     """
     cfg = cfg or AugmentConfig()
     parts = set(_check_parts(parts))
     p = {k: v.to(images.device) for k, v in params.items()}
     x = images
     if "rotate" in parts:
-        x = torch.where(p["rotate"][:, None, None, None], rotate(x, p["angle"]), x)
+        x = torch.where(p["rotate"][:, None, None, None], rotate(x, p["angle"], cfg.rotation_centre), x)
     if "shift" in parts:
-        x = translate(x, shift_amounts(x, p["shift_sign"], p["shift_frac"]))
+        x = translate(x, shift_amounts(x, p["shift_sign"], p["shift_frac"], cfg.shift_rounding))
     if "squish" in parts:
-        x = squish(x, p["squish_w"], p["squish_offset"])
+        x = squish(x, p["squish_w"], p["squish_offset"], cfg.squish_resample)
     if "erase" in parts:
         x = erase(x, p["erase_yx"], cfg.erase_size)
-    return x.clamp(0, 1) if parts else x
+    return x.clamp(0, 1) if parts and cfg.clamp_output else x
+
+
+def _spec_help() -> str:
+    registered = ", ".join(sorted(AUGMENTATIONS))
+    return (f"valid parts are {', '.join(PARTS)} (joined with '+'), or 'paper' for all of them "
+            f"(the authors' exact augmentation), {', '.join(repr(n) for n in NAMED_SPECS)}, "
+            f"'none' for no augmentation" + (f", or one of {registered}" if registered else ""))
 
 
 def _check_parts(parts: Iterable[str]) -> Tuple[str, ...]:
@@ -291,20 +495,42 @@ def _check_parts(parts: Iterable[str]) -> Tuple[str, ...]:
     parts = tuple(parts)
     for part in parts:
         if part not in PARTS:
-            raise ConfigError(
-                f"Unknown augmentation part {part!r}: valid parts are {', '.join(PARTS)} "
-                f"(joined with '+'), or 'paper' for all of them and 'none' for no augmentation."
-            )
+            raise ConfigError(f"Unknown augmentation part {part!r}: {_spec_help()}.")
     return tuple(p for p in PARTS if p in parts)
 
 
-class MNISTAugment(torch.nn.Module):
-    """The paper's MNIST training augmentation, or a subset of its steps, on whole batches.
+def parse_spec(spec: str, cfg: Optional[AugmentConfig] = None) -> Tuple[Tuple[str, ...], AugmentConfig]:
+    """``(parts, cfg)`` of an MNIST spec ``PARTS[:OPTION[,OPTION...]]`` (see the module
+    docstring): ``cfg`` (default: the authors') with the options applied. ConfigError, one
+    sentence, on an unknown part or option."""
+    name = spec.strip().lower()
+    name = NAMED_SPECS.get(name, name)
+    head, _, tail = name.partition(":")
+    head = head.strip()
+    overrides: Dict[str, object] = {}
+    for option in (o.strip() for o in tail.split(",")) if tail.strip() else ():
+        if option not in OPTIONS:
+            raise ConfigError(
+                f"Unknown augmentation option {option!r} in {spec.strip()!r}: valid options after "
+                f"':' (comma-separated) are {', '.join(OPTIONS)}.")
+        overrides.update(OPTIONS[option])
+    if head == "paper":
+        parts: Tuple[str, ...] = PARTS
+    elif head == "none":
+        parts = ()
+    else:
+        parts = _check_parts([part.strip() for part in head.split("+")])
+    return parts, dataclasses.replace(cfg or AugmentConfig(), **overrides)
 
-    ``parts``: any of :data:`PARTS`; they always run in that order. Call as
-    ``aug(images, generator=None)`` with images (B, C, H, W) float in [0, 1]; the generator
-    may live on the images' device or on the CPU (then the params are drawn there and copied
-    over, so a seed gives the same augmentation on any device).
+
+class MNISTAugment(torch.nn.Module):
+    """The authors' MNIST training augmentation, or a subset of its steps, on whole batches.
+
+    ``parts``: any of :data:`PARTS`; they always run in that order. ``cfg`` picks the numbers
+    and the variants (:class:`AugmentConfig`). Call as ``aug(images, generator=None)`` with
+    images (B, C, H, W) float in [0, 1]; the generator may live on the images' device or on the
+    CPU (then the params are drawn there and copied over, so a seed gives the same augmentation
+    on any device).
     """
 
     def __init__(self, parts: Sequence[str] = PARTS, cfg: Optional[AugmentConfig] = None):
@@ -314,13 +540,11 @@ class MNISTAugment(torch.nn.Module):
 
     @classmethod
     def from_spec(cls, spec: str, cfg: Optional[AugmentConfig] = None) -> "MNISTAugment":
-        """Build from ``"paper"`` (all four), ``"none"`` or a "+"-joined list ("rotate+erase")."""
-        name = spec.strip().lower()
-        if name == "paper":
-            return cls(PARTS, cfg)
-        if name == "none":
-            return cls((), cfg)
-        return cls([part.strip() for part in name.split("+")], cfg)
+        """Build from a spec: ``"paper"`` (all four, the authors' exact augmentation),
+        ``"paper_smooth"``, ``"none"``, a "+"-joined list ("rotate+erase"), each optionally
+        followed by ``:`` and comma-separated options ("paper:area,clamp")."""
+        parts, cfg = parse_spec(spec, cfg)
+        return cls(parts, cfg)
 
     def forward(
         self, images: torch.Tensor, generator: Optional[torch.Generator] = None
@@ -336,7 +560,11 @@ class MNISTAugment(torch.nn.Module):
         return apply_params(images, params, self.parts, self.cfg)
 
     def extra_repr(self) -> str:
-        return f"parts={'+'.join(self.parts) or 'none'}"
+        default = AugmentConfig()
+        changed = [f"{f}={getattr(self.cfg, f)!r}" for f in
+                   ("shift_rounding", "squish_resample", "rotation_centre", "clamp_output")
+                   if getattr(self.cfg, f) != getattr(default, f)]
+        return ", ".join([f"parts={'+'.join(self.parts) or 'none'}", *changed])
 
 
 # Named augmentations other than the MNIST family (e.g. CIFAR-10's crop+flip, smallNORB's crop
@@ -346,7 +574,8 @@ AUGMENTATIONS: dict = {}
 
 def build_augment(spec: str):
     """The training augmentation named by ``data.augment``: a registered name from
-    AUGMENTATIONS, or an MNIST spec ("paper", "none", "rotate+erase", ...)."""
+    AUGMENTATIONS, or an MNIST spec ("paper", "paper_smooth", "none", "rotate+erase",
+    "paper:floor", ...; see the module docstring)."""
     name = spec.strip().lower()
     if name in AUGMENTATIONS:
         return AUGMENTATIONS[name]()

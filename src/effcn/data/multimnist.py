@@ -1,10 +1,13 @@
 """MultiMNIST (Sabour et al. 2017, as in Efficient-CapsNet): two overlapping MNIST digits, 36x36.
 
-As in the paper: each digit is padded by 4 to 36x36 and shifted uniformly within +-6 px on both axes; two
-digits of different images *and different labels* are added and clipped to [0, 1]. Training pairs
-are drawn on the fly, per batch, on the device (:func:`compose_batch`); the test set pairs every
-test digit with ``partners`` digits of another label (default 1000) under a fixed seed
-(:class:`MultiMNISTPairs`), and its images are composed batch by batch, never stored.
+As in the paper: each digit is padded by 4 to 36x36 and shifted uniformly within +-6 px on both
+axes; two digits of different images are added and clipped to [0, 1]. Training pairs are drawn
+on the fly, per batch, on the device (:func:`compose_batch`): as in the authors' code any other
+image is a partner (:class:`AnyOtherImage`; about 10% of pairs share a label), or only digits of
+another label (:class:`PartnerSampler`, effcn's earlier choice). The test set pairs every test
+digit with ``partners`` digits of other labels (default 1000) under a fixed seed, built as the
+authors build it or as effcn did (:class:`MultiMNISTPairs`); its images are composed batch by
+batch, never stored.
 
 The registered dataset ``multimnist`` holds the plain MNIST digits (28x28); training it goes
 through :class:`effcn.training.tasks.multimnist.MultiMNISTTask`, which ``effcn train`` picks for it.
@@ -64,6 +67,21 @@ class PartnerSampler:
         return self.order[self.starts[partner_label] + within]
 
 
+class AnyOtherImage:
+    """The authors' training partners: any other image, whatever its label (about 10% of pairs
+    then share a label, and the target is 2 for that class). ``n`` digits; called with the
+    batch's digit indices ``idx`` (B,), returns partner indices (B,), never ``idx`` itself."""
+
+    def __init__(self, n: int):
+        if n < 2:
+            raise ValueError("MultiMNIST pairs need at least two digits")
+        self.n = n
+
+    def __call__(self, idx: torch.Tensor, generator: Optional[torch.Generator] = None):
+        offset = torch.randint(1, self.n, idx.shape, generator=generator, device=idx.device)
+        return (idx + offset) % self.n
+
+
 def compose(first: torch.Tensor, second: torch.Tensor, shifts: torch.Tensor):
     """Overlay two batches of 36x36 (centred, padded) float digits (B, 1, 36, 36).
 
@@ -76,17 +94,37 @@ def compose(first: torch.Tensor, second: torch.Tensor, shifts: torch.Tensor):
 
 
 def compose_batch(digits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
-                  sampler: PartnerSampler, generator: Optional[torch.Generator] = None):
-    """A training batch of fresh pairs: the digits ``idx`` each with a random other-label partner.
+                  sampler, generator: Optional[torch.Generator] = None):
+    """A training batch of fresh pairs: the digits ``idx`` each with a random partner, drawn by
+    ``sampler``: a :class:`PartnerSampler` (another label) or :class:`AnyOtherImage` (the
+    authors': any other image).
 
     ``digits`` uint8 (N, 1, 36, 36) padded digits on the device, ``labels`` (N,). Returns
     ``(x (B, 1, 36, 36) float, labels (B, 2) int64, parts (B, 2, 1, 36, 36))``.
     """
-    partner = sampler(labels[idx], generator)
+    partner = (sampler(idx, generator) if isinstance(sampler, AnyOtherImage)
+               else sampler(labels[idx], generator))
     shifts = random_shifts(len(idx), generator, digits.device)
     shifts = torch.cat([shifts, random_shifts(len(idx), generator, digits.device)], dim=1)
     x, parts = compose(digits[idx].float().div_(255), digits[partner].float().div_(255), shifts)
     return x, torch.stack([labels[idx], labels[partner]], dim=1), parts
+
+
+def _partners_without_replacement(labels: torch.Tensor, n: int, partners: int,
+                                  generator: torch.Generator) -> torch.Tensor:
+    """(n * partners,) partner indices: for each of the first n digits, ``partners`` distinct
+    digits of other classes, uniform among them (the smallest of random keys, class by class)."""
+    out = torch.empty(n, partners, dtype=torch.long)
+    for c in labels[:n].unique().tolist():
+        rows = (labels[:n] == c).nonzero().squeeze(1)
+        others = (labels != c).nonzero().squeeze(1)
+        if len(others) < partners:
+            raise ValueError(f"{partners} partners per digit, but only {len(others)} digits of "
+                             f"classes other than {c}")
+        for chunk in rows.split(256):  # (256, N) keys at a time: bounded memory
+            keys = torch.rand(len(chunk), len(others), generator=generator)
+            out[chunk] = others[keys.topk(partners, dim=1, largest=False).indices]
+    return out.flatten()
 
 
 def pad_digits(images: torch.Tensor) -> torch.Tensor:
@@ -97,26 +135,44 @@ def pad_digits(images: torch.Tensor) -> torch.Tensor:
 
 class MultiMNISTPairs:
     """A fixed MultiMNIST set: each of ``digits`` (first ``n_digits`` of them, all when 0) paired
-    with ``partners`` other-label digits from the same set, shifts drawn once from ``seed``.
+    with ``partners`` other-label digits from the same set, drawn once from ``seed``.
+
+    ``style="authors"`` builds it as the authors' test set does: each base digit keeps ONE
+    random shift for all its pairs, and its partners are drawn WITHOUT replacement from the
+    digits of the other classes (so partner classes follow the set's class frequencies), each
+    partner shifted on its own. ``style="resampled"`` (effcn's earlier set, kept to reproduce
+    its figures): every pair draws both shifts anew, partners with replacement, the partner's
+    class uniform over the other classes.
 
     Pair ``k`` = digit ``k // partners`` with its ``k % partners``-th partner. Only the index
     table (first, second, 4 shifts) is stored; images are composed by :meth:`batch`.
     """
 
+    STYLES = ("authors", "resampled")
+
     def __init__(self, digits: torch.Tensor, labels: torch.Tensor, partners: int = 1000,
-                 seed: int = 0, n_digits: int = 0):
+                 seed: int = 0, n_digits: int = 0, style: str = "authors"):
         if partners < 1:
             raise ValueError("partners must be >= 1")
+        if style not in self.STYLES:
+            raise ValueError(f"style must be one of {self.STYLES}, got {style!r}")
         self.digits = pad_digits(digits)
         self.labels = labels.long().to(self.digits.device)
         n = len(labels) if not n_digits else min(n_digits, len(labels))
-        self.partners, self.n_digits = partners, n
+        self.partners, self.n_digits, self.style = partners, n, style
         g = torch.Generator().manual_seed(seed)
-        sampler = PartnerSampler(self.labels.cpu())
+        labels_cpu = self.labels.cpu()
         self.first = torch.arange(n).repeat_interleave(partners)
-        self.second = sampler(self.labels.cpu()[self.first], g)
-        self.shifts = torch.cat([random_shifts(len(self.first), g, "cpu"),
-                                 random_shifts(len(self.first), g, "cpu")], dim=1).to(torch.int8)
+        if style == "authors":
+            self.second = _partners_without_replacement(labels_cpu, n, partners, g)
+            base = random_shifts(n, g, "cpu").repeat_interleave(partners, dim=0)
+            self.shifts = torch.cat([base, random_shifts(len(self.first), g, "cpu")],
+                                    dim=1).to(torch.int8)
+        else:
+            self.second = PartnerSampler(labels_cpu)(labels_cpu[self.first], g)
+            self.shifts = torch.cat([random_shifts(len(self.first), g, "cpu"),
+                                     random_shifts(len(self.first), g, "cpu")],
+                                    dim=1).to(torch.int8)
 
     def __len__(self) -> int:
         return len(self.first)

@@ -53,6 +53,12 @@ class EfficientCapsNetConfig:
     # value; short CPU runs use 0.1 so the running statistics keep up within a few hundred steps.
     bn_momentum: float = 0.01
     primary_kernel: int = 9
+    # glorot_uniform: the authors' (Keras' default, their depthwise conv names none);
+    # he_normal: effcn's init before 2026-12, kept to reproduce earlier runs.
+    primary_init: str = "glorot_uniform"
+    # InstanceNorm's gamma and beta: "uniform" in [-0.05, 0.05] as the authors' tensorflow-addons
+    # layer starts them; "ones_zeros" as PyTorch does (effcn before 2026-12).
+    instance_norm_init: str = "uniform"
     primary_stride: int = 1
     primary_dim: int = 8
     caps_dim: int = 16
@@ -65,6 +71,8 @@ class EfficientCapsNetConfig:
         self.stem = tuple(tuple(int(v) for v in layer) for layer in self.stem)
         self.decoder_hidden = tuple(int(v) for v in self.decoder_hidden)
         for name, allowed in (("activation", ("relu", "leaky_relu")), ("norm", ("batch", "instance")),
+                              ("primary_init", ("glorot_uniform", "he_normal")),
+                              ("instance_norm_init", ("uniform", "ones_zeros")),
                               ("routing", ("self_attention", "uniform")),
                               ("decoder", ("fc", "conv", "none"))):
             if getattr(self, name) not in allowed:
@@ -169,13 +177,18 @@ class EfficientCapsNet(nn.Module):
             # Keras defaults: BN momentum 0.99 (PyTorch 0.01), epsilon 1e-3.
             norm = (nn.BatchNorm2d(out_ch, eps=1e-3, momentum=c.bn_momentum) if c.norm == "batch"
                     else nn.InstanceNorm2d(out_ch, eps=1e-3, affine=True))
+            if c.norm == "instance" and c.instance_norm_init == "uniform":
+                # Follows the authors' code: tensorflow-addons' InstanceNormalization there
+                # starts gamma AND beta uniform in [-0.05, 0.05], not at 1 and 0.
+                nn.init.uniform_(norm.weight, -0.05, 0.05)
+                nn.init.uniform_(norm.bias, -0.05, 0.05)
             # Follows the authors' code: conv -> activation -> norm (not conv -> norm -> act).
             layers += [conv, act, norm]
             channels = out_ch
         self.stem = nn.Sequential(*layers)
         n_primary = c.num_primary_caps()
         self.primary = PrimaryCaps(channels, c.primary_kernel, n_primary, c.primary_dim,
-                                   stride=c.primary_stride)
+                                   stride=c.primary_stride, init=c.primary_init)
         self.digit_caps = SelfAttentionRouting(n_primary, c.primary_dim, c.num_classes, c.caps_dim,
                                                uniform=c.routing == "uniform", rank=c.caps_rank)
         decoder_cls = {"fc": FCDecoder, "conv": ConvDecoder}.get(c.decoder)

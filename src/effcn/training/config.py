@@ -34,8 +34,13 @@ class DataSection:
     split_seed: int = 0                     # fixes which training images are validation
     train_subset: int = 0                   # >0: train on this many images only (CPU budgets)
     augment: str = "paper"                  # paper | none | parts joined by '+', e.g. rotate+erase
+    pixel_divisor: float = 255.0            # uint8 -> float: x / this (the authors' MNIST: 256)
     multimnist_partners: int = 1000         # MultiMNIST test set: partners per test digit
     multimnist_test_digits: int = 0         # MultiMNIST test set: first N test digits (0: all)
+    multimnist_same_label: bool = True      # training partners: any other image (the authors')
+                                            # or false: only digits of another label
+    multimnist_epoch_pairs: int = 0         # pairs per epoch (the authors': 600000); 0: one pass
+    multimnist_test_style: str = "authors"  # authors | resampled (effcn's earlier test pairs)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class OptimSection:
     momentum: float = 0.9                   # sgd only
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-7                       # Keras' Adam default (PyTorch's is 1e-8)
+    eps_placement: str = "keras"            # keras (the authors': see optim.keras_epsilon) | pytorch
     fused: bool = True                      # adam/adamw: one fused kernel per step (5x faster on CPU)
 
 
@@ -107,17 +113,19 @@ class Config:
 
 CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
+    "optim.eps_placement": ("keras", "pytorch"),
     "schedule.name": ("exp_decay", "constant", "step", "cosine", "onecycle", "plateau"),
     "train.amp": ("auto", "bf16", "off"),
+    "data.multimnist_test_style": ("authors", "resampled"),
     "train.test_amp": ("auto", "bf16", "off"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
-POSITIVE = ("optim.lr", "train.epochs", "train.batch_size", "train.eval_batch_size",
+POSITIVE = ("optim.lr", "data.pixel_divisor", "train.epochs", "train.batch_size", "train.eval_batch_size",
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor",
             "data.val_size")  # the validation split picks the best checkpoint: it cannot be empty
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
                 "schedule.gamma", "schedule.patience", "data.train_subset",
-                "data.multimnist_test_digits",
+                "data.multimnist_test_digits", "data.multimnist_epoch_pairs",
                 "train.recon_weight", "run.recon_every", "run.checkpoint_every")
 
 

@@ -85,20 +85,20 @@ def wants_affnist(model) -> bool:
             and getattr(cfg, "num_classes", None) == 10)
 
 
-def affnist_test_set(root=None) -> ImageSet:
+def affnist_test_set(root=None, divisor: float = 255.0) -> ImageSet:
     """The real affNIST test set when its files are found, else the generated affnist_style."""
     from ..data.affnist import AffNIST, AffNISTStyle
     if AffNIST.locate(root, "test") is not None:
         ds, name = AffNIST(root, "test"), "affnist"
     else:
         ds, name = AffNISTStyle(root, "test"), "affnist_style"
-    return ImageSet(ds.images.unsqueeze(1), ds.labels.long(), name)
+    return ImageSet(ds.images.unsqueeze(1), ds.labels.long(), name, divisor=divisor)
 
 
 def evaluate_affnist(model, task: Task, root, device, batch_size: int = 500,
-                     amp_dtype: torch.dtype | None = None) -> dict:
+                     amp_dtype: torch.dtype | None = None, divisor: float = 255.0) -> dict:
     """affNIST (or affNIST-style) test accuracy, overall and per class; "set" names which."""
-    s = affnist_test_set(root)
+    s = affnist_test_set(root, divisor)
     s.images, s.labels = s.images.to(device), s.labels.to(device)
     result = evaluate(model, task, s, batch_size, amp_dtype)
     return {"set": s.name, "images": result["images"], "acc": result["acc"],
@@ -157,7 +157,8 @@ def evaluate_prepared(e: RunEvaluation, amp: str = "off", affnist: bool = True) 
               "precision": fastpath.precision_name(amp_dtype), **e.eval_set.describe(), **result}
     if e.split == "test" and affnist and wants_affnist(e.model):
         aff = evaluate_affnist(e.model, e.task, e.config.data.root, e.device,
-                               e.config.train.eval_batch_size, amp_dtype)
+                               e.config.train.eval_batch_size, amp_dtype,
+                               e.config.data.pixel_divisor)
         report.update({"affnist_acc": aff["acc"], "affnist_set": aff["set"],
                        "affnist_images": aff["images"],
                        "affnist_per_class_acc": aff["per_class_acc"]})

@@ -144,7 +144,8 @@ class Trainer:
                               fastpath.memory_format(t.channels_last),
                               fastpath.maybe_compile(ddp, t.compile, t.compile_mode),
                               t.skip_nonfinite)
-        self.steps_per_epoch = distributed.steps_per_epoch(self.n_train, t.batch_size, self.dist)
+        self.steps_per_epoch = distributed.steps_per_epoch(self.task.epoch_size, t.batch_size,
+                                                           self.dist)
         self.scheduler, self.per_batch_schedule = build_schedule(cfg, self.optimizer,
                                                                  self.steps_per_epoch)
         self.best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}
@@ -173,8 +174,8 @@ class Trainer:
         cfg = self.config
         self.model.train()
         g = epoch_generator(cfg.train.seed, epoch, self.device)
-        n, bs = self.n_train, cfg.train.batch_size
-        perm = torch.randperm(n, generator=g, device=self.device)  # the same on every process
+        bs = cfg.train.batch_size
+        order = self.task.epoch_order(g)  # the same on every process
         # Under DDP each process augments (composes) its shard with its own draws.
         aug_g = (epoch_generator(cfg.train.seed + 1009 * self.dist.rank, epoch, self.device)
                  if self.dist.enabled else g)
@@ -183,7 +184,7 @@ class Trainer:
         t0 = self._flushed_at = time.perf_counter()
         for step in range(self.steps_per_epoch):
             self.position = (epoch, step)
-            idx = distributed.shard(perm[step * bs:(step + 1) * bs], self.dist)
+            idx = distributed.shard(order[step * bs:(step + 1) * bs], self.dist)
             row = self.step(self.task.train_batch(idx, aug_g))
             if row is None:
                 self.skipped_steps += 1

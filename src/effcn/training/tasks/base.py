@@ -58,7 +58,17 @@ class Task:
 
     @property
     def num_train(self) -> int:
+        """Training items (images, or MultiMNIST's digits)."""
         raise NotImplementedError
+
+    @property
+    def epoch_size(self) -> int:
+        """Items one epoch trains on (default: one pass over the training items)."""
+        return self.num_train
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """The item indices of one epoch, ``epoch_size`` of them, in training order."""
+        return torch.randperm(self.num_train, generator=generator, device=generator.device)
 
     def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> Batch:
         """The training batch of item indices ``idx`` (augmented / composed with ``generator``)."""

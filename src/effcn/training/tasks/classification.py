@@ -38,18 +38,20 @@ def classification_loss_parts(model, out, images: torch.Tensor, labels: torch.Te
 
 
 class ImageSet(EvalSet):
-    """uint8 images (N, C, H, W) and labels (N,), converted to [0, 1] floats per batch and
-    passed through ``transform`` (the evaluation preprocessing) when given."""
+    """uint8 images (N, C, H, W) and labels (N,), converted to floats per batch (divided by
+    ``divisor``: 255 maps to 1, the authors' MNIST uses 256) and passed through ``transform``
+    (the evaluation preprocessing) when given."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, name: str = "eval",
-                 transform=None):
+                 transform=None, divisor: float = 255.0):
         self.images, self.labels, self.name, self.transform = images, labels, name, transform
+        self.divisor = divisor
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(self, start: int, stop: int) -> Batch:
-        x = self.images[start:stop].float().div_(255)
+        x = self.images[start:stop].float().div_(self.divisor)
         if self.transform is not None:
             x = self.transform(x)
         return Batch(x, self.labels[start:stop])
@@ -89,7 +91,8 @@ class ClassificationTask(Task):
                               f"model.args.num_classes.")
 
     def train_batch(self, idx, generator) -> Batch:
-        x = self.augment(self.train_x[idx].float().div_(255), generator=generator)
+        x = self.augment(self.train_x[idx].float().div_(self.config.data.pixel_divisor),
+                         generator=generator)
         return Batch(x, self.train_y[idx])
 
     def loss(self, model, out, batch: Batch):
@@ -103,4 +106,5 @@ class ClassificationTask(Task):
         return self._val
 
     def eval_set(self, split, name: str) -> EvalSet:
-        return ImageSet(split.images, split.labels, name, self.transform)
+        return ImageSet(split.images, split.labels, name, self.transform,
+                        self.config.data.pixel_divisor)

@@ -8,6 +8,12 @@ compared with its own shifted digit (train.recon_weight is the weight of EACH re
 The metric: the two longest capsules against the two true labels, each label counting half.
 Training pairs are composed on the device, fresh each batch; validation pairs are fixed (one
 partner per validation digit), test pairs too (data.multimnist_partners per test digit).
+
+As in the authors' code, by default: a training partner is any other image (data.multimnist_
+same_label; a shared label then has target 2, not clamped, in the margin loss too), an epoch can
+be longer than one pass over the digits (data.multimnist_epoch_pairs: theirs is 600,000 pairs,
+37,500 steps of 16, so the per-epoch learning-rate decay comes every 600,000 pairs) and the test
+pairs are built their way (data.multimnist_test_style).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ...capsules import margin_loss, reconstruction_loss
-from ...data.multimnist import MultiMNISTPairs, PartnerSampler, compose_batch, pad_digits
+from ...data.multimnist import (AnyOtherImage, MultiMNISTPairs, PartnerSampler, compose_batch,
+                                pad_digits)
 from ...errors import ConfigError
 from .base import Batch, EvalSet, Task
 
@@ -31,7 +38,8 @@ def two_label_loss(lengths: torch.Tensor, recs: torch.Tensor | None, parts: torc
     lengths (B, C); recs and parts (B, 2, C_img, H, W); labels2 (B, 2) with different labels.
     total = margin + recon_weight * recon (recon_weight applies to each of the two).
     """
-    targets = F.one_hot(labels2, lengths.shape[1]).sum(dim=1).clamp(max=1)
+    # Follows the authors' code: onehot_1 + onehot_2, not clamped (2 for a shared label).
+    targets = F.one_hot(labels2, lengths.shape[1]).sum(dim=1)
     margin = margin_loss(lengths, targets)
     if recs is None or recon_weight == 0:
         recon = torch.zeros((), device=lengths.device)
@@ -94,12 +102,25 @@ class MultiMNISTTask(Task):
     def setup(self, train, val) -> None:
         # Padded to 36x36 once, uint8 on the device; pairs are composed per batch.
         self.train_x, self.train_y = pad_digits(train.images), train.labels
-        self.sampler = PartnerSampler(self.train_y)
+        self.sampler = (AnyOtherImage(len(self.train_y)) if self.config.data.multimnist_same_label
+                        else PartnerSampler(self.train_y))
         self._val = self.eval_set(val, "val")
 
     @property
     def num_train(self) -> int:
         return len(self.train_y)
+
+    @property
+    def epoch_size(self) -> int:
+        return self.config.data.multimnist_epoch_pairs or self.num_train
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """As many passes over the digits as data.multimnist_epoch_pairs asks (each pass its own
+        permutation), cut to that many pairs."""
+        passes = -(-self.epoch_size // self.num_train)
+        return torch.cat([torch.randperm(self.num_train, generator=generator,
+                                         device=generator.device)
+                          for _ in range(passes)])[: self.epoch_size]
 
     def check_model(self, model) -> None:
         if not hasattr(model, "encode") or getattr(model, "decoder", None) is None:
@@ -138,7 +159,9 @@ class MultiMNISTTask(Task):
         d = self.config.data
         if name == "test":
             pairs = MultiMNISTPairs(split.images, split.labels, partners=d.multimnist_partners,
-                                    seed=TEST_SEED, n_digits=d.multimnist_test_digits)
+                                    seed=TEST_SEED, n_digits=d.multimnist_test_digits,
+                                    style=d.multimnist_test_style)
         else:
-            pairs = MultiMNISTPairs(split.images, split.labels, partners=1, seed=VAL_SEED)
+            pairs = MultiMNISTPairs(split.images, split.labels, partners=1, seed=VAL_SEED,
+                                    style=d.multimnist_test_style)
         return PairSet(pairs, name)
