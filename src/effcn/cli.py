@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-keras", help="import the authors' trained Keras .h5 weights")
     p.add_argument("h5", help="Keras weights file, e.g. efficient_capsnet_SMALLNORB.h5")
-    p.add_argument("--preset", default="smallnorb", help="smallnorb (default) | mnist")
+    p.add_argument("--preset", default="smallnorb", help="smallnorb (default) | mnist | multimnist")
     p.add_argument("--out", required=True, help="folder to write (config.yaml, checkpoints/best.pt)")
     p.set_defaults(func=cmd_import_keras)
 

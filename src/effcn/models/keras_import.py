@@ -35,7 +35,12 @@ PRESETS = {
     "smallnorb": ("efficient_capsnet_smallnorb", "smallnorb", "smallnorb",
                   ["animal", "human", "airplane", "truck", "car"]),
     "mnist": ("efficient_capsnet_mnist", "mnist", "paper", [str(i) for i in range(10)]),
+    "multimnist": ("efficient_capsnet_multimnist", "multimnist", "none",
+                   [str(i) for i in range(10)]),
 }
+# The capsule layer's name: "digit_caps" in the published smallNORB file, "fc_caps" in files
+# saved by the authors' current code (whose primary conv is then "primary_caps/conv2d").
+CAPSULE_LAYER_NAMES = ("digit_caps", "fc_caps")
 
 
 def _conv_kernel(k: np.ndarray) -> np.ndarray:
@@ -114,11 +119,11 @@ def _find_groups(f, path: Path):
     """The (capsule network, generator) weight group names of a Keras weights file."""
     with_weights = [n for n in _names(f.attrs.get("layer_names", []))
                     if n in f and len(f[n].attrs.get("weight_names", []))]
-    caps = [n for n in with_weights
-            if any(w.startswith("digit_caps/") for w in _names(f[n].attrs["weight_names"]))]
+    caps = [n for n in with_weights if any(_layer_kind(w) in CAPSULE_LAYER_NAMES
+                                           for w in _names(f[n].attrs["weight_names"]))]
     if len(caps) != 1:
         raise CheckpointError(f"{path} is not an Efficient-CapsNet Keras weights file (expected "
-                              f"one layer group holding digit_caps weights among "
+                              f"one layer group holding digit_caps or fc_caps weights among "
                               f"{', '.join(with_weights) or 'no groups'}); pass the authors' "
                               f".h5 file of this preset.")
     others = [n for n in with_weights if n != caps[0]]
@@ -139,6 +144,14 @@ def keras_order(slots: List[Slot], tensors) -> List[Slot]:
     return last if [s[1] for s in last] == names else slots
 
 
+def _layer_kind(name: str) -> str:
+    """The kind of layer a Keras weight name belongs to: "primary_caps/conv2d_3/kernel:0" ->
+    "conv2d", "fc_caps/W:0" -> "fc_caps" (the last path part before the weight, numbering
+    dropped)."""
+    layer = name.rpartition("/")[0]
+    return layer.rpartition("/")[2].rstrip("0123456789").rstrip("_")
+
+
 def _match(slots: List[Slot], tensors, state: dict, group: str, path: Path, preset: str) -> dict:
     slots = keras_order(slots, tensors)
     if len(tensors) != len(slots):
@@ -147,10 +160,10 @@ def _match(slots: List[Slot], tensors, state: dict, group: str, path: Path, pres
                               f"another model, use the preset it was trained with.")
     mapped = {}
     for (kind, suffix, target, convert), (name, array) in zip(slots, tensors):
-        layer, _, weight = name.rpartition("/")
-        weight = weight.split(":")[0]
-        layer_kind = layer.rstrip("0123456789").rstrip("_")
-        if layer_kind != kind or weight != suffix:
+        weight = name.rpartition("/")[2].split(":")[0]
+        layer_kind = _layer_kind(name)
+        kinds = CAPSULE_LAYER_NAMES if kind == "digit_caps" else (kind,)
+        if layer_kind not in kinds or weight != suffix:
             raise CheckpointError(f"{path} tensor {group}/{name} is not the expected {kind} "
                                   f"{suffix} for {target}; this file belongs to another model, "
                                   f"use the preset it was trained with.")
