@@ -44,3 +44,15 @@ def test_nothing_refers_to_files_outside_the_repository():
     found = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in files
              for i, line in enumerate(p.read_text().splitlines(), 1) if OUTSIDE.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_the_training_page_lists_every_config_field():
+    import dataclasses
+
+    from effcn.training.config import Config
+    page = (REPO / "docs" / "training.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in page.splitlines()
+            if line.startswith("| `")}
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            assert f"`{f.name}`" in rows[section.name], f"{section.name}.{f.name} is undocumented"
