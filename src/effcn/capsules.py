@@ -237,6 +237,13 @@ def mask_capsules(capsules: torch.Tensor, labels: torch.Tensor | None = None) ->
     return (capsules * mask.unsqueeze(-1)).flatten(1)
 
 
+def capsule_lengths(capsules: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Class scores |v_j|: (B, N, D) -> (B, N). Follows the authors' code: their Length layer
+    is sqrt(sum v^2 + 1e-7) (Keras' epsilon under the root), which matters for the short
+    capsules of an untrained network (1.3e-5 at a length of 0.004)."""
+    return torch.sqrt(capsules.pow(2).sum(dim=-1) + eps)
+
+
 def decode_masked(decoder, capsules: torch.Tensor, labels: torch.Tensor | None = None):
     """``decoder`` on masked capsules (B, N, D): labels None (the longest capsule) or (B,) give
     one image per example (B, C, H, W); labels (B, K) give one per label (B, K, C, H, W), e.g.

@@ -21,7 +21,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..capsules import PrimaryCaps, SelfAttentionRouting, decode_masked, keras_he_normal_
+from ..capsules import (PrimaryCaps, SelfAttentionRouting, capsule_lengths, decode_masked,
+                        keras_he_normal_)
 from .registry import register_model
 
 
@@ -216,7 +217,7 @@ class EfficientCapsNet(nn.Module):
             capsules, routing, agreement = self.encode(x, return_routing=True)
         else:
             capsules, routing, agreement = self.encode(x), None, None
-        lengths = torch.linalg.vector_norm(capsules, dim=-1)
+        lengths = capsule_lengths(capsules)
         return CapsNetOutput(capsules, lengths, self.reconstruct(capsules, labels), routing,
                              agreement)
 

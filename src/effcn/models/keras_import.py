@@ -213,6 +213,24 @@ def import_keras_weights(path: str | Path, preset: str = "smallnorb"):
     except OSError as e:
         raise CheckpointError(f"{path} is not a readable HDF5 file ({e}); pass the authors' "
                               f"Keras .h5 weights file.") from None
+    return model, _load_mapped(model, state, mapped, path, preset)
+
+
+def load_keras_arrays(model: nn.Module, tensors, source: str = "arrays", preset: str = ""):
+    """Load Keras weights given as [(Keras name, array)] in the order of the authors'
+    ``model.weights`` (capsule network, then generator) into an EfficientCapsNet, with the same
+    checks as the .h5 import; returns {effcn parameter: Keras name}."""
+    state = model.state_dict()
+    caps_slots, gen_slots = expected_slots(model)
+    tensors = [(name, np.asarray(a, dtype=np.float32)) for name, a in tensors]
+    n = len(caps_slots)
+    mapped = _match(caps_slots, tensors[:n], state, "capsule network", source, preset)
+    if gen_slots:
+        mapped.update(_match(gen_slots, tensors[n:], state, "generator", source, preset))
+    return _load_mapped(model, state, mapped, source, preset)
+
+
+def _load_mapped(model, state: dict, mapped: dict, path, preset: str) -> dict:
     for target, (_, tensor) in mapped.items():
         state[target] = tensor
     model.load_state_dict(state)
@@ -220,4 +238,4 @@ def import_keras_weights(path: str | Path, preset: str = "smallnorb"):
     missing = sorted(learnable - set(mapped))
     if missing:  # cannot happen for the registered presets; guards future layers
         raise CheckpointError(f"{path} left {', '.join(missing)} of the {preset} preset unset.")
-    return model, {target: name for target, (name, _) in mapped.items()}
+    return {target: name for target, (name, _) in mapped.items()}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...capsules import margin_loss, reconstruction_loss
+from ...capsules import capsule_lengths, margin_loss, reconstruction_loss
 from ...data.multimnist import (AnyOtherImage, MultiMNISTPairs, PartnerSampler, compose_batch,
                                 pad_digits)
 from ...errors import ConfigError
@@ -65,8 +65,8 @@ def two_label_forward(model, x: torch.Tensor, labels2: torch.Tensor | None = Non
     the capsules of the true labels ``labels2`` (B, 2), or with None of the two longest."""
     if labels2 is None:
         capsules = model.encode(x)
-        labels2 = torch.linalg.vector_norm(capsules, dim=-1).topk(2, dim=1).indices
-        return torch.linalg.vector_norm(capsules, dim=-1), model.reconstruct(capsules, labels2)
+        lengths = capsule_lengths(capsules)
+        return lengths, model.reconstruct(capsules, lengths.topk(2, dim=1).indices)
     out = model(x, labels2)
     return out.lengths, out.reconstruction
 
