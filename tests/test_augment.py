@@ -1,16 +1,24 @@
-"""Tests for effcn.data.augment: the paper's MNIST augmentation, batched."""
+"""Tests for effcn.data.augment: the paper's MNIST augmentation, batched.
+
+The authors'-code specifics of the default (shift rounding, TensorFlow's Lanczos-3 squish, cv2's
+rotation centre) and the comparison with statistics of the authors' own code are in
+test_augment_authors.py; this file covers what every variant shares, and effcn's earlier variant
+(``paper_smooth``) under its option names."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from effcn.data.augment import (
+    OPTIONS,
     PARTS,
     AugmentConfig,
     MNISTAugment,
     apply_params,
+    build_augment,
     erase,
     margins,
     rotate,
@@ -23,6 +31,7 @@ from effcn.errors import ConfigError
 
 SIGMA = 0.33
 N_DRAWS = 20000
+SMOOTH = AugmentConfig(**OPTIONS["smooth"])  # effcn's earlier variant (data.augment=paper_smooth)
 
 
 def gen(seed: int, device: str = "cpu") -> torch.Generator:
@@ -130,22 +139,30 @@ def test_config_scales_with_image_size():
 # --- the steps --------------------------------------------------------------------------------
 
 
-def test_shift_is_exact_translation_within_margins():
+@pytest.mark.parametrize("rounding", ["authors", "floor"])
+def test_shift_is_exact_translation_within_margins(rounding):
     torch.manual_seed(0)
     x = blob_images(64).repeat(8, 1, 1, 1)  # 512 images, each seen with 8 draws
     p = sample_params(len(x), 28, 28, gen(2), "cpu")
-    shifts = shift_amounts(x, p["shift_sign"], p["shift_frac"])
+    shifts = shift_amounts(x, p["shift_sign"], p["shift_frac"], rounding)
     out = translate(x, shifts)
     # Values are multiples of 1/256, so the float32 sums are exact whatever the order.
     assert torch.equal(out.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
     m = margins(x).numpy()
     sign, frac = p["shift_sign"].numpy(), p["shift_frac"].numpy()
+
+    def expected_shift(s: int, f: np.float32, mg: int) -> int:
+        if rounding == "floor":
+            return int(s * math.floor(f * np.float32(mg)))
+        # the authors: ceil(r * margin) up / left, floor(r * (margin + 1)) down / right
+        return math.floor(f * np.float32(mg + 1)) if s > 0 else -math.ceil(f * np.float32(mg))
+
     for b in range(len(x)):
         dy, dx = shifts[b].tolist()
         assert torch.equal(out[b], torch.roll(x[b], (dy, dx), dims=(1, 2)))
         margin = [m[b, 1] if sign[b, 0] > 0 else m[b, 0], m[b, 3] if sign[b, 1] > 0 else m[b, 2]]
-        expected = [int(s * math.floor(f * mg)) for s, f, mg in zip(sign[b], frac[b], margin)]
-        assert [dy, dx] == expected
+        assert [dy, dx] == [expected_shift(*a) for a in zip(sign[b], frac[b], margin)]
+        assert abs(dy) <= margin[0] and abs(dx) <= margin[1]
     assert shifts[0].abs().sum() == 0  # all-zero image
     assert (shifts[1::64, 1] == 0).all()  # full-width bar cannot move sideways
     assert (shifts > 0).any() and (shifts < 0).any()
@@ -157,21 +174,24 @@ def test_margins():
     assert margins(x).tolist() == [[3, 18, 5, 1], [0, 0, 0, 0]]
 
 
-def test_rotate_direction_and_rigidity():
+def test_rotate_direction_and_rigidity_about_the_true_centre():
+    # rotation_centre="centre" (effcn's earlier default): 90 degrees is exactly rot90.
     x = disc_images(3)
-    assert torch.allclose(rotate(x, torch.full((3,), 90.0)), torch.rot90(x, 1, (2, 3)), atol=1e-5)
+    out = rotate(x, torch.full((3,), 90.0), "centre")
+    assert torch.allclose(out, torch.rot90(x, 1, (2, 3)), atol=1e-5)
     # Non-square: a centred 2x6 bar turns into a 6x2 bar (counter-clockwise, no stretching).
     y = torch.zeros(1, 1, 20, 30)
     y[0, 0, 9:11, 12:18] = 1
     expected = torch.zeros_like(y)
     expected[0, 0, 7:13, 14:16] = 1
-    assert torch.allclose(rotate(y, torch.tensor([90.0])), expected, atol=1e-5)
+    assert torch.allclose(rotate(y, torch.tensor([90.0]), "centre"), expected, atol=1e-5)
 
 
-def test_squish_places_band_at_offset():
+@pytest.mark.parametrize("resample", ["lanczos3", "area"])
+def test_squish_places_band_at_offset(resample):
     x = torch.ones(64, 1, 28, 28)
     p = sample_params(64, 28, 28, gen(3), "cpu")
-    out = squish(x, p["squish_w"], p["squish_offset"])
+    out = squish(x, p["squish_w"], p["squish_offset"], resample)
     cols = torch.arange(28)
     lo, hi = p["squish_offset"][:, None], (p["squish_offset"] + 28 - p["squish_w"])[:, None]
     band = ((cols >= lo) & (cols < hi)).float()[:, None, None, :].expand_as(out)
@@ -188,17 +208,21 @@ def test_erase_zeroes_exactly_one_patch():
         assert (out[b, :, y : y + 4, xx : xx + 4] == 0).all()
 
 
-def test_digit_stays_whole_after_rotate_shift_squish():
+@pytest.mark.parametrize("cfg", [AugmentConfig(), SMOOTH], ids=["authors", "smooth"])
+def test_digit_stays_whole_after_rotate_shift_squish(cfg):
     x = torch.cat([disc_images(256, seed=1), blob_images(256, seed=2)])
     p = sample_params(len(x), 28, 28, gen(5), "cpu")
     p["rotate"][256:] = False  # border-touching blobs would lose corners to rotation itself
-    rotated = apply_params(x, p, ("rotate",))
-    full = apply_params(x, p, ("rotate", "shift", "squish"))
-    kept = (28 - p["squish_w"]).float() / 28  # squish scales mass by exactly (W - w) / W
-    mass_x, mass_rot, mass_full = (t.sum(dim=(1, 2, 3)) for t in (x, rotated, full))
+    rotated = apply_params(x, p, ("rotate",), cfg)
+    shifted = apply_params(x, p, ("rotate", "shift"), cfg)
+    mass_x, mass_rot, mass_shift = (t.sum(dim=(1, 2, 3)) for t in (x, rotated, shifted))
     assert torch.allclose(mass_rot[:256], mass_x[:256], rtol=0.02)
-    assert torch.allclose(mass_full, mass_rot * kept, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(mass_shift, mass_rot, rtol=1e-6, atol=1e-5)  # nothing leaves the frame
     assert p["rotate"][:256].any() and (p["squish_w"] == 7).any()
+    if cfg.squish_resample == "area":
+        full = apply_params(x, p, ("rotate", "shift", "squish"), cfg)
+        kept = (28 - p["squish_w"]).float() / 28  # squish scales mass by exactly (W - w) / W
+        assert torch.allclose(full.sum(dim=(1, 2, 3)), mass_rot * kept, rtol=1e-4, atol=1e-4)
 
 
 # --- the module -------------------------------------------------------------------------------
@@ -206,13 +230,44 @@ def test_digit_stays_whole_after_rotate_shift_squish():
 
 def test_from_spec():
     assert MNISTAugment.from_spec("paper").parts == PARTS
+    assert MNISTAugment.from_spec("paper").cfg == AugmentConfig()  # the authors' exact variant
     assert MNISTAugment.from_spec("none").parts == ()
     assert MNISTAugment.from_spec("erase+rotate").parts == ("rotate", "erase")
     assert MNISTAugment.from_spec(" Rotate + Squish ").parts == ("rotate", "squish")
+    smooth = MNISTAugment.from_spec("paper_smooth")
+    assert smooth.parts == PARTS and smooth.cfg == SMOOTH
+    assert (SMOOTH.shift_rounding, SMOOTH.squish_resample, SMOOTH.rotation_centre,
+            SMOOTH.clamp_output) == ("floor", "area", "centre", True)
+    assert MNISTAugment.from_spec("paper:smooth").cfg == SMOOTH
+    assert MNISTAugment.from_spec("paper_smooth:floor,").cfg == SMOOTH
+    part = MNISTAugment.from_spec("rotate+shift : floor, centre")
+    assert part.parts == ("rotate", "shift")
+    assert (part.cfg.shift_rounding, part.cfg.rotation_centre) == ("floor", "centre")
+    assert part.cfg.squish_resample == "lanczos3" and not part.cfg.clamp_output
+    assert MNISTAugment.from_spec("squish:area,clamp").cfg == AugmentConfig(
+        squish_resample="area", clamp_output=True)
+    assert "shift_rounding='floor'" in repr(smooth) and "lanczos" not in repr(smooth)
     with pytest.raises(ConfigError, match="'flip'.*rotate, shift, squish, erase"):
         MNISTAugment.from_spec("rotate+flip")
+    with pytest.raises(ConfigError, match=r"option 'round' in 'paper:round'.*floor, area, centre"):
+        MNISTAugment.from_spec("paper:round")
     with pytest.raises(ConfigError):
         MNISTAugment.from_spec("")
+    with pytest.raises(ConfigError, match="shift_rounding must be one of authors, floor"):
+        AugmentConfig(shift_rounding="ceil")
+
+
+def test_build_augment_names_and_one_sentence_errors():
+    assert build_augment("paper").cfg == AugmentConfig()
+    assert build_augment("PAPER_SMOOTH").cfg == SMOOTH
+    assert build_augment("rotate+erase:centre").parts == ("rotate", "erase")
+    for bad in ("paper_smoth", "rotate+shift:flor", "pape"):
+        with pytest.raises(ConfigError) as err:
+            build_augment(bad)
+        message = str(err.value)
+        one_sentence = not re.search(r"[.?!]\s+[A-Z]", message) and "\n" not in message
+        assert one_sentence and message.endswith("."), message
+        assert "paper" in message
 
 
 def test_none_is_identity_and_rotate_leaves_unrotated_samples_untouched():
@@ -226,31 +281,71 @@ def test_none_is_identity_and_rotate_leaves_unrotated_samples_untouched():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_paper_output_shape_range_and_repeatability(dtype):
+@pytest.mark.parametrize("spec", ["paper", "paper_smooth"])
+def test_paper_output_shape_range_and_repeatability(dtype, spec):
     x = torch.rand(512, 1, 28, 28, generator=gen(7)).to(dtype) * (torch.rand(512, 1, 28, 28) > 0.7)
-    aug = MNISTAugment.from_spec("paper")
+    aug = MNISTAugment.from_spec(spec)
     out = aug(x, gen(8))
     assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
-    assert out.min() >= 0 and out.max() <= 1
+    if spec == "paper_smooth":
+        assert out.min() >= 0 and out.max() <= 1
+    else:  # the authors' Lanczos squish rings and is not clipped
+        assert out.min() < -0.01 and out.max() > 1.01 and out.min() > -0.5 and out.max() < 1.5
     assert torch.equal(out, aug(x, gen(8)))
     assert not torch.equal(out, aug(x, gen(9)))
     torch.manual_seed(0)
     assert aug(x).shape == x.shape  # global RNG
 
 
-def test_other_sizes_and_channels():
+def test_variants_share_the_draws():
+    # One (seed, epoch) generator gives the same draws whatever the variant: with the squish and
+    # shift switched off, and no ringing to clamp, only the rotation centre differs.
+    x = disc_images(64)
+    parts = ("rotate", "erase")
+    authors = MNISTAugment(parts)(x, gen(12))
+    centred = MNISTAugment(parts, AugmentConfig(rotation_centre="centre"))(x, gen(12))
+    smooth = MNISTAugment(parts, SMOOTH)(x, gen(12))
+    assert torch.equal(centred.clamp(0, 1), smooth)
+    assert not torch.equal(authors, centred)
+    p = sample_params(64, 28, 28, gen(12), "cpu")
+    assert torch.equal(apply_params(x, p, parts), authors)
+
+
+@pytest.mark.parametrize("cfg", [AugmentConfig(), SMOOTH], ids=["authors", "smooth"])
+def test_other_sizes_and_channels(cfg):
     x = torch.rand(16, 2, 40, 40)
-    out = MNISTAugment(PARTS)(x, gen(10))
-    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    out = MNISTAugment(PARTS, cfg)(x, gen(10))
+    assert out.shape == x.shape
+    if cfg.clamp_output:
+        assert out.min() >= 0 and out.max() <= 1
     assert ((out == 0).all(dim=1).sum(dim=(1, 2)) >= 16).all()  # the patch spans every channel
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("spec", ["paper", "paper_smooth"])
+def test_cuda_matches_cpu(spec):
     x = disc_images(64)
-    aug = MNISTAugment.from_spec("paper")
+    aug = MNISTAugment.from_spec(spec)
     cpu = aug(x, gen(11))
     on_gpu = aug(x.cuda(), gen(11))  # CPU generator: same params on any device
     assert on_gpu.is_cuda and torch.allclose(on_gpu.cpu(), cpu, atol=1e-4)
     cuda_gen = aug(x.cuda(), gen(11, "cuda"))
     assert torch.equal(cuda_gen, aug(x.cuda(), gen(11, "cuda")))
+
+
+@pytest.mark.parametrize("spec", ["paper", "paper_smooth"])
+def test_forward_reads_nothing_back_from_the_device(spec, monkeypatch):
+    # No .item(), no bool() of a tensor, ...: on a GPU each of these would wait for the device.
+    x = disc_images(16)
+    aug = MNISTAugment.from_spec(spec)
+    aug(x, gen(13))  # the first call builds the Lanczos weights once (on the host, by design)
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        def read(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+            reads.append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, read)
+    aug(x, gen(13))
+    aug(x, None)
+    monkeypatch.undo()
+    assert reads == []

@@ -16,24 +16,25 @@ The authors' MNIST pipeline (their TensorFlow code), per sample and in this orde
    clipped, so Lanczos ringing leaves pixels below 0 and above 1;
 4. erase a 4x4 patch whose top-left corner is uniform in ``[4, 22]`` on both axes.
 
-``data.augment=paper`` is exactly that (:class:`AugmentConfig`'s defaults). effcn's earlier
-variant is kept as named options, each for a reason given in :class:`AugmentConfig`:
+``data.augment=paper`` is exactly that (:class:`AugmentConfig`'s defaults), checked against the
+authors' own code run on MNIST digits: the rotation agrees bit for bit, the squish to float
+rounding. effcn's earlier variant is kept as named options, each for the reason given in
+:class:`AugmentConfig`; in a spec they follow a ``:``, comma-separated:
 
-=================  ==================================  ========================================
-option (after :)   AugmentConfig field                 instead of the authors'
-=================  ==================================  ========================================
-``floor``          ``shift_rounding="floor"``          ``floor(r * margin)`` towards both sides
-``area``           ``squish_resample="area"``          exact area (box) weights, no ringing
-``centre``         ``rotation_centre="centre"``        rotation about ``((W-1)/2, (H-1)/2)``
-``clamp``          ``clamp_output=True``               the output clamped to [0, 1]
-``smooth``         all four of the above               (effcn's default before the change)
-=================  ==================================  ========================================
+- ``floor``: ``shift_rounding="floor"``, ``floor(r * margin)`` towards both sides (about half the
+  authors' mean shift);
+- ``area``: ``squish_resample="area"``, exact area (box) weights, no ringing;
+- ``centre``: ``rotation_centre="centre"``, rotation about ``((W-1)/2, (H-1)/2)`` sampled at
+  exact positions (``grid_sample``);
+- ``clamp``: ``clamp_output=True``, the output clamped to [0, 1];
+- ``smooth``: all four, i.e. effcn's default before the authors' became it.
 
 Spec strings (``data.augment``, :func:`build_augment`): ``PARTS[:OPTION[,OPTION...]]`` where
 ``PARTS`` is ``paper`` (all four steps), ``none``, or steps joined by ``+`` in any order
 (``rotate+erase``); they always run in :data:`PARTS` order. ``paper_smooth`` is a registered
 shorthand for ``paper:smooth``. Examples: ``paper`` (the authors' exact augmentation),
-``paper_smooth`` (effcn's earlier variant), ``rotate+shift:floor``, ``paper:area,clamp``.
+``paper_smooth`` (effcn's earlier variant, bit-identical to it), ``rotate+shift:floor``,
+``paper:area,clamp``.
 
 Every step works on a whole batch ``(B, C, H, W)`` at once, on the images' device, with no
 Python loop over samples and no host-device sync. Drawing the random numbers
@@ -42,19 +43,20 @@ functions :func:`rotate`, :func:`shift_amounts`, :func:`translate`, :func:`squis
 :func:`erase`), so the distributions can be tested on their own; the draws do not depend on the
 options, so one (seed, epoch) generator gives the same draws under every variant.
 
-What is not reproduced bit for bit: cv2's ``warpAffine`` rounds each sampling position to 1/32
-pixel (fixed-point bilinear weights); :func:`rotate` samples at the exact position (a
-difference of at most 1/64 pixel in position). The Lanczos weights follow TensorFlow's float32
-arithmetic step by step (:func:`tf_resize_weights`), including the row pass TensorFlow runs for
-the unchanged height (a near-identity whose off-diagonal weights are about 2e-8); sums are
-accumulated in another order than TensorFlow's, so outputs agree to float rounding (about 1e-7).
-The authors' random numbers come from TensorFlow's generators; ours from torch's, with the same
-distributions.
+How exact: the rotation repeats cv2's fixed-point ``warpAffine`` (:func:`cv2_rotate`: sampling
+positions rounded to 1/32 pixel, exact bilinear weights, the same summation order). The Lanczos
+weights follow TensorFlow's float32 arithmetic step by step (:func:`tf_resize_weights`),
+including the row pass TensorFlow runs for the unchanged height (a near-identity whose
+off-diagonal weights are about -2.3e-8: they make the exact zeros above and below a stroke
+slightly negative, which is part of the authors' share of pixels below 0); sums run in another
+order than TensorFlow's, so outputs agree to about 1e-7. The random numbers come from torch's
+generators, not TensorFlow's: same distributions, different draws.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
@@ -78,7 +80,8 @@ OPTIONS: Dict[str, Dict[str, object]] = {
     "clamp": {"clamp_output": True},
 }
 """Spec options (after ``:``) -> the AugmentConfig fields they set."""
-OPTIONS["smooth"] = {k: v for o in ("floor", "area", "centre", "clamp") for k, v in OPTIONS[o].items()}
+OPTIONS["smooth"] = {k: v for o in ("floor", "area", "centre", "clamp")
+                     for k, v in OPTIONS[o].items()}
 
 NAMED_SPECS: Dict[str, str] = {"paper_smooth": "paper:smooth"}
 """Shorthand spec names -> the spec they stand for."""
@@ -127,9 +130,10 @@ class AugmentConfig:
     rotation_centre: str = "authors"
     """``"authors"``: about ``(W/2, H/2)`` in pixel-centre coordinates, i.e. cv2's
     ``getRotationMatrix2D((14, 14), ...)`` for 28x28, half a pixel right of and below the middle.
-    ``"centre"``: about the true centre ``((W-1)/2, (H-1)/2)``; it exists because it was effcn's
-    earlier default and is the geometrically symmetric choice (a 90-degree turn is exactly
-    ``rot90``)."""
+    Sampled as cv2 does (positions rounded to 1/32 pixel; angle 0 is the exact identity).
+    ``"centre"``: about the true centre ``((W-1)/2, (H-1)/2)``, sampled at exact positions; it
+    exists because it was effcn's earlier default and is the geometrically symmetric choice (a
+    90-degree turn is exactly ``rot90``)."""
     clamp_output: bool = False
     """Clamp the augmented images to [0, 1]. The authors do not (so Lanczos ringing survives);
     True is effcn's earlier behaviour. With ``squish_resample="area"`` every step already stays in
@@ -239,32 +243,90 @@ def rotate(images: torch.Tensor, angle: torch.Tensor, centre: str = "authors") -
 
     cv2's convention: ``getRotationMatrix2D`` with a positive angle turns the displayed image
     (row 0 at the top) counter-clockwise, so a point right of the centre moves up. Bilinear,
-    zeros outside (cv2's ``warpAffine`` defaults). ``centre``: ``"authors"`` turns about
-    ``(W/2, H/2)`` in pixel-centre coordinates (cv2 with ``(14, 14)`` for 28x28), ``"centre"``
-    about ``((W-1)/2, (H-1)/2)``. Positions are sampled exactly; cv2 rounds them to 1/32 pixel,
-    which is not reproduced. Angle 0 is close to but not exactly the identity (grid rounding);
-    :func:`apply_params` keeps unrotated samples untouched.
+    zeros outside (cv2's ``warpAffine`` defaults).
+
+    ``centre="authors"``: cv2's ``warpAffine(img, getRotationMatrix2D((W/2, H/2), angle, 1))``
+    as the authors call it ((14, 14) for 28x28), reproduced step by step (:func:`cv2_rotate`),
+    including its fixed-point sampling positions (1/32 pixel). ``centre="centre"``: effcn's
+    earlier rotation about the true centre ``((W-1)/2, (H-1)/2)``, sampled at exact positions
+    (``grid_sample``); angle 0 is then close to but not exactly the identity (grid rounding).
+    :func:`apply_params` keeps unrotated samples untouched either way.
     """
     if centre not in ROTATION_CENTRES:
-        raise ConfigError(f"Unknown rotation centre {centre!r}: use one of {', '.join(ROTATION_CENTRES)}.")
+        raise ConfigError(f"Unknown rotation centre {centre!r}: use one of "
+                          f"{', '.join(ROTATION_CENTRES)}.")
+    if centre == "authors":
+        return cv2_rotate(images, angle)
     _, _, h, w = images.shape
     rad = torch.deg2rad(angle.to(device=images.device, dtype=torch.float32))
     cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
-    # theta maps output to input coordinates, normalised to [-1, 1] per axis (pixel x sits at
-    # (2x + 1) / W - 1); the h/w factors keep the rotation rigid in pixels when H != W.
-    # Pixel (W/2, H/2) is at normalised (1/W, 1/H); ((W-1)/2, (H-1)/2) at (0, 0).
-    if centre == "centre":
-        tx = ty = zero
-    else:
-        cx, cy = 1.0 / w, 1.0 / h
-        tx = cx - cos * cx + sin * (h / w) * cy
-        ty = cy - sin * (w / h) * cx - cos * cy
+    # theta maps output to input coordinates, normalised to [-1, 1] per axis; the h/w factors
+    # keep the rotation rigid in pixels when H != W.
     theta = torch.stack(
-        [torch.stack([cos, -sin * (h / w), tx], -1), torch.stack([sin * (w / h), cos, ty], -1)],
+        [torch.stack([cos, -sin * (h / w), zero], -1), torch.stack([sin * (w / h), cos, zero], -1)],
         dim=-2,
     ).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+_AB_BITS, _INTER_BITS = 10, 5  # cv2's warpAffine: coordinates in 1/1024, then 1/32 pixel
+
+
+def cv2_rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """``cv2.warpAffine(img, cv2.getRotationMatrix2D((W/2, H/2), angle, 1.0), (W, H))`` per
+    sample, batched: bilinear, constant border 0, ``angle`` (B,) degrees counter-clockwise.
+
+    cv2's fixed-point path (imgwarp.cpp; checked bit for bit against opencv-python 4.9 on
+    MNIST digits and noise): the matrix is built and inverted (M) in float64; output pixel (x, y)
+    samples the input at ``X = (round(M00 x 1024) + round((M01 y + M02) 1024) + 16) >> 5``
+    (likewise Y) in units of 1/32 pixel; the four neighbours of ``(X >> 5, Y >> 5)`` are
+    weighted by the exact products of ``(X & 31) / 32`` and ``(Y & 31) / 32``, taps outside the
+    image reading 0. Angle 0 is the exact identity. The coordinate arithmetic runs in float64
+    on the images' device.
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    rad = angle.to(device=device, dtype=torch.float64) * (np.pi / 180)
+    alpha, beta = torch.cos(rad), torch.sin(rad)
+    cx, cy = w / 2, h / 2
+    m02 = (1 - alpha) * cx - beta * cy
+    m12 = beta * cx + (1 - alpha) * cy
+    det = alpha * alpha - beta * (-beta)  # forward matrix [[a, b, m02], [-b, a, m12]]
+    det = torch.where(det != 0, 1.0 / det, torch.zeros_like(det))
+    i00, i11, i01, i10 = alpha * det, alpha * det, beta * -det, (-beta) * -det  # its inverse
+    i02 = -i00 * m02 - i01 * m12
+    i12 = -i10 * m02 - i11 * m12
+    scale = float(1 << _AB_BITS)
+    xs = torch.arange(w, device=device, dtype=torch.float64)[None, :]
+    ys = torch.arange(h, device=device, dtype=torch.float64)[None, :]
+    round_delta = 1 << (_AB_BITS - _INTER_BITS - 1)
+
+    def fixed(per_x: torch.Tensor, per_y: torch.Tensor) -> torch.Tensor:  # (B, H, W) in 1/32 px
+        return (per_y.long()[:, :, None] + per_x.long()[:, None, :]) >> (_AB_BITS - _INTER_BITS)
+
+    big_x = fixed(torch.round(i00[:, None] * xs * scale),
+                  torch.round((i01[:, None] * ys + i02[:, None]) * scale) + round_delta)
+    big_y = fixed(torch.round(i10[:, None] * xs * scale),
+                  torch.round((i11[:, None] * ys + i12[:, None]) * scale) + round_delta)
+    tab = 1 << _INTER_BITS
+    # Zero-pad by more than any rotation can reach (half the diagonal beyond the shorter half
+    # side), so every tap reads the padded image and cv2's border-0 taps need no masks.
+    pad = int(np.ceil(np.hypot(h, w) / 2 - min(h, w) / 2)) + 2
+    hp, wp = h + 2 * pad, w + 2 * pad
+    x0 = ((big_x >> _INTER_BITS) + pad).clamp(0, wp - 2)
+    y0 = ((big_y >> _INTER_BITS) + pad).clamp(0, hp - 2)
+    fx = (big_x & (tab - 1)).to(images.dtype) / tab
+    fy = (big_y & (tab - 1)).to(images.dtype) / tab
+    flat = F.pad(images, (pad, pad, pad, pad)).reshape(b, c, hp * wp)
+    corner = y0 * wp + x0  # (B, H, W): the top-left tap
+    out = None
+    for step, weight in ((0, (1 - fy) * (1 - fx)), (1, (1 - fy) * fx),
+                         (wp, fy * (1 - fx)), (wp + 1, fy * fx)):
+        index = (corner + step).reshape(b, 1, h * w).expand(b, c, -1)
+        tap = flat.gather(2, index).reshape(b, c, h, w) * weight[:, None]
+        out = tap if out is None else out + tap  # cv2's order: ((v0 w0 + v1 w1) + v2 w2) + v3 w3
+    return out
 
 
 def margins(images: torch.Tensor) -> torch.Tensor:
@@ -298,7 +360,8 @@ def shift_amounts(
     so the digit stays whole; :func:`translate` then moves it exactly.
     """
     if rounding not in SHIFT_ROUNDINGS:
-        raise ConfigError(f"Unknown shift rounding {rounding!r}: use one of {', '.join(SHIFT_ROUNDINGS)}.")
+        raise ConfigError(f"Unknown shift rounding {rounding!r}: use one of "
+                          f"{', '.join(SHIFT_ROUNDINGS)}.")
     top, bottom, left, right = margins(images).unbind(dim=1)
     sign = sign.to(images.device)
     frac = frac.to(device=images.device, dtype=torch.float32)
@@ -420,7 +483,8 @@ def squish(
     so the total mass of an uncropped image is multiplied by exactly ``(W - shrink) / W``.
     """
     if resample not in SQUISH_RESAMPLES:
-        raise ConfigError(f"Unknown squish resampling {resample!r}: use one of {', '.join(SQUISH_RESAMPLES)}.")
+        raise ConfigError(f"Unknown squish resampling {resample!r}: use one of "
+                          f"{', '.join(SQUISH_RESAMPLES)}.")
     height, width = images.shape[-2:]
     device = images.device
     shrink = shrink.to(device=device, dtype=torch.long)
@@ -471,7 +535,8 @@ def apply_params(
     p = {k: v.to(images.device) for k, v in params.items()}
     x = images
     if "rotate" in parts:
-        x = torch.where(p["rotate"][:, None, None, None], rotate(x, p["angle"], cfg.rotation_centre), x)
+        rotated = rotate(x, p["angle"], cfg.rotation_centre)
+        x = torch.where(p["rotate"][:, None, None, None], rotated, x)
     if "shift" in parts:
         x = translate(x, shift_amounts(x, p["shift_sign"], p["shift_frac"], cfg.shift_rounding))
     if "squish" in parts:
@@ -481,10 +546,15 @@ def apply_params(
     return x.clamp(0, 1) if parts and cfg.clamp_output else x
 
 
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _spec_help() -> str:
     registered = ", ".join(sorted(AUGMENTATIONS))
-    return (f"valid parts are {', '.join(PARTS)} (joined with '+'), or 'paper' for all of them "
-            f"(the authors' exact augmentation), {', '.join(repr(n) for n in NAMED_SPECS)}, "
+    return (f"valid parts are {', '.join(PARTS)} (joined with '+'); or use 'paper' for all of "
+            f"them (the authors' exact augmentation), 'paper_smooth' (effcn's earlier variant), "
             f"'none' for no augmentation" + (f", or one of {registered}" if registered else ""))
 
 
@@ -495,24 +565,30 @@ def _check_parts(parts: Iterable[str]) -> Tuple[str, ...]:
     parts = tuple(parts)
     for part in parts:
         if part not in PARTS:
-            raise ConfigError(f"Unknown augmentation part {part!r}: {_spec_help()}.")
+            names = (*PARTS, "paper", "none", *NAMED_SPECS, *AUGMENTATIONS)
+            raise ConfigError(
+                f"Unknown augmentation part {part!r}{_hint(part, names)}: {_spec_help()}.")
     return tuple(p for p in PARTS if p in parts)
 
 
-def parse_spec(spec: str, cfg: Optional[AugmentConfig] = None) -> Tuple[Tuple[str, ...], AugmentConfig]:
+def parse_spec(
+    spec: str, cfg: Optional[AugmentConfig] = None
+) -> Tuple[Tuple[str, ...], AugmentConfig]:
     """``(parts, cfg)`` of an MNIST spec ``PARTS[:OPTION[,OPTION...]]`` (see the module
     docstring): ``cfg`` (default: the authors') with the options applied. ConfigError, one
     sentence, on an unknown part or option."""
-    name = spec.strip().lower()
-    name = NAMED_SPECS.get(name, name)
-    head, _, tail = name.partition(":")
+    head, _, tail = spec.strip().lower().partition(":")
     head = head.strip()
+    if head in NAMED_SPECS:  # a shorthand, possibly with more options ("paper_smooth:...")
+        head, _, implied = NAMED_SPECS[head].partition(":")
+        tail = f"{implied},{tail}"
     overrides: Dict[str, object] = {}
-    for option in (o.strip() for o in tail.split(",")) if tail.strip() else ():
+    for option in filter(None, (o.strip() for o in tail.split(","))):
         if option not in OPTIONS:
             raise ConfigError(
-                f"Unknown augmentation option {option!r} in {spec.strip()!r}: valid options after "
-                f"':' (comma-separated) are {', '.join(OPTIONS)}.")
+                f"Unknown augmentation option {option!r}{_hint(option, OPTIONS)} in "
+                f"{spec.strip()!r}: valid options after ':' (comma-separated, e.g. 'paper:floor') "
+                f"are {', '.join(OPTIONS)}, where 'smooth' is all four (effcn's earlier variant).")
         overrides.update(OPTIONS[option])
     if head == "paper":
         parts: Tuple[str, ...] = PARTS
