@@ -1258,6 +1258,24 @@ class Generator:
           "`metrics_names_after_step`, `checkpoint_monitor_matches_a_val_metric`, "
           "`adam_step1_formula_max_abs_deviation` (the step stored in `*_reference.npz` against "
           "w - lr*sqrt(1-b2)/(1-b1)*m/(sqrt(v)+eps)).\n")
+        w("## Notes for tests\n")
+        w("- Keras layer settings (see `training_setup.json` `layers`): BatchNormalization epsilon 1e-3, "
+          "momentum 0.99 (moving_var is updated with the UNBIASED batch variance, as `step/after/"
+          "batch_normalization/moving_variance` shows); tfa InstanceNormalization epsilon 1e-3; stem "
+          "LeakyReLU alpha 0.3; the smallNORB decoder convs use `tf.nn.leaky_relu`, alpha 0.2.\n"
+          "- `*_stem` is the input of `primary_caps` (the last stem block's output).\n"
+          "- smallNORB's reconstruction target is the standardised input itself (their "
+          "`generator(image, label)`), which a sigmoid cannot reach; hence the large recon loss.\n"
+          "- MultiMNIST pair 4 of the batch (`draw_number` 3) has two equal labels: its margin-loss "
+          "target is 2 at that class, so the (1 - T) term of their marginLoss is negative there.\n"
+          "- `step/grad/*` come from a separate GradientTape pass; `step/after/*` from "
+          "`train_on_batch`. Entries whose gradient is comparable to eps/sqrt(1-b2) = 3.2e-6 make the "
+          "Adam step sensitive to last-bit gradient differences between the two graphs; "
+          "`adam_step1_formula_max_abs_deviation` in `training_setup.json` is the largest such "
+          "difference (a few 1e-7).\n"
+          "- The MNIST training target of the reconstruction is the AUGMENTED image (with the erased "
+          "patch and the Lanczos under/overshoots), see `pipeline_check` in "
+          "`mnist_augmentation_stats.json`.\n")
         w("## Key numbers\n")
         w(self.key_numbers())
         return "\n".join(L) + "\n"
