@@ -96,6 +96,27 @@ def test_forward_matches_the_authors_model(name, mode):
 
 
 @pytest.mark.parametrize("name", ["mnist", "multimnist", "smallnorb"])
+def test_forward_matches_with_capsules_of_trained_lengths(name):
+    """At initialisation the capsules are ~0.01 long, which leaves the squash, the routing
+    softmax and the margin loss's m- term nearly idle; the fixtures' "scaled" set multiplies the
+    primary kernel and fc_caps/W (scaled_factors) to give lengths of 0.2-0.99."""
+    ref = reference(name)
+    primary_factor, w_factor = ref["scaled_factors"]
+    model = authors_model(name).eval()
+    with torch.no_grad():
+        model.primary.conv.weight.mul_(float(primary_factor))
+        model.digit_caps.W.mul_(float(w_factor))
+        _, _, out, primary = forward(name, model, ref)
+    assert out.lengths.max() > 0.2
+    np.testing.assert_allclose(primary.numpy(), ref["scaled_infer_primary_caps"], atol=1e-5)
+    np.testing.assert_allclose(out.capsules.numpy(), ref["scaled_infer_digit_caps"], atol=1e-5)
+    np.testing.assert_allclose(out.lengths.numpy(), ref["scaled_infer_lengths"], atol=1e-5)
+    rec = (out.reconstruction[:, 0] if name == "multimnist" else out.reconstruction)
+    key = "scaled_infer_recon1_true_mask" if name == "multimnist" else "scaled_infer_recon_true_mask"
+    np.testing.assert_allclose(nhwc(rec), ref[key], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mnist", "multimnist", "smallnorb"])
 def test_losses_match_the_authors_compiled_losses(name):
     ref = reference(name)
     model = authors_model(name).train()
