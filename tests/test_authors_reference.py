@@ -272,3 +272,15 @@ def test_pytorch_epsilon_placement_would_not_match_their_step():
     kernel = model.primary.conv.weight.detach().numpy().transpose(2, 3, 1, 0)
     lr = float(ref["step/lr_beta1_beta2_epsilon"][0])
     assert np.abs(kernel - ref["step/after/primary_caps/conv2d/kernel"]).max() > 0.05 * lr
+
+
+@pytest.mark.parametrize("preset", ["multimnist", "smallnorb"])
+def test_a_current_code_file_of_another_preset_is_refused_in_one_sentence(preset, tmp_path):
+    from effcn.errors import CheckpointError
+    h5 = tmp_path / "mnist.h5"
+    with gzip.open(FIXTURES / "mnist_weights.h5.gz") as src, open(h5, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with pytest.raises(CheckpointError) as info:
+        import_keras_weights(h5, preset)
+    message = str(info.value)
+    assert "\n" not in message and ("use the preset" in message or "another model" in message)
