@@ -24,18 +24,21 @@ REMOVED_MODEL_FIELDS = ("primary_caps",)
 
 
 def checkpoint_state(model, config, epoch: int, class_names=(), optimizer=None, scheduler=None,
-                     best: dict | None = None, **extra) -> dict:
+                     best: dict | None = None, ema=None, **extra) -> dict:
     """The contents of every effcn checkpoint, built in this one place.
 
     Always: the model's registry name and config (enough to rebuild it), its weights, the epoch,
     the run's resolved config (a Config or its dict) and the class names. A resumable checkpoint
-    (last.pt, best.pt) adds optimizer and scheduler state and the best validation figures;
-    ``extra`` holds anything else (e.g. ``imported_from``)."""
+    (last.pt, best.pt) adds optimizer and scheduler state and the best validation figures; a run
+    with train.ema_decay adds the averaged weights ("ema", the ones evaluated); ``extra`` holds
+    anything else (e.g. ``imported_from``)."""
     from ..models import model_config_dict
     state = {"model_name": model.model_name, "model_config": model_config_dict(model),
              "model": model.state_dict(), "epoch": epoch,
              "config": config if isinstance(config, dict) else config.to_dict(),
              "class_names": list(class_names)}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
@@ -79,10 +82,15 @@ def load_checkpoint(path: str | Path, map_location="cpu", expect_model: str | No
     return state
 
 
-def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path = "checkpoint") -> None:
-    """Load ``state['model']`` into ``model``; a shape or key mismatch is a CheckpointError."""
+def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path = "checkpoint",
+                       weights: str = "eval") -> None:
+    """Load a checkpoint's weights into ``model``; a shape or key mismatch is a CheckpointError.
+
+    ``weights="eval"``: the weights a run is evaluated with, the EMA (``state["ema"]``) when the
+    run kept one, else ``state["model"]``; ``"raw"``: the optimizer's weights (resume)."""
+    key = "ema" if weights == "eval" and state.get("ema") is not None else "model"
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state[key])
     except RuntimeError as e:
         first = str(e).splitlines()
         raise CheckpointError(f"checkpoint {path} does not fit model {state.get('model_name')!r} "

@@ -80,6 +80,7 @@ class TrainSection:
     log_every: int = 50                     # batches between metric flushes / progress updates
     progress: bool = True                   # progress bar (tqdm when installed)
     skip_nonfinite: bool = False            # skip steps with NaN/inf loss instead of stopping
+    ema_decay: float = 0.0                  # >0: EMA of the weights, e.g. 0.999 (see training/ema.py)
     # The fast path (training/fastpath.py; measured in BENCHMARKS.md):
     amp: str = "auto"                       # auto (bf16 on CUDA and bf16-capable CPUs) | bf16 | off
     test_amp: str = "off"                   # the final test's precision: off (fp32) | bf16 | auto
@@ -126,7 +127,7 @@ POSITIVE = ("optim.lr", "data.pixel_divisor", "train.epochs", "train.batch_size"
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
                 "schedule.gamma", "schedule.patience", "data.train_subset",
                 "data.multimnist_test_digits", "data.multimnist_epoch_pairs",
-                "train.recon_weight", "run.recon_every", "run.checkpoint_every")
+                "train.recon_weight", "train.ema_decay", "run.recon_every", "run.checkpoint_every")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -285,6 +286,9 @@ def validate(config: Config) -> None:
     if config.data.multimnist_partners < 1:
         raise ConfigError(f"data.multimnist_partners must be at least 1, got "
                           f"{config.data.multimnist_partners}.")
+    if not 0 <= config.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off), got "
+                          f"{config.train.ema_decay}.")
     if config.schedule.name == "onecycle" and not 0 < config.schedule.pct_start < 1:
         raise ConfigError(f"schedule.pct_start must be in (0, 1), got {config.schedule.pct_start}.")
     if len(config.optim.betas) != 2 or not all(0 <= float(b) < 1 for b in config.optim.betas):

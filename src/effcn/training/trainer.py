@@ -29,6 +29,7 @@ from . import distributed, fastpath
 from .callbacks import Callback, callbacks_from_config
 from .checkpoint import checkpoint_state, load_checkpoint, load_model_weights, save_checkpoint
 from .config import Config, save_yaml
+from .ema import EMA
 from .environment import environment, resolve_device
 from .evaluate import evaluate
 from .metrics import MetricsLog, truncate_metrics
@@ -138,8 +139,11 @@ class Trainer:
         self.precision = fastpath.precision_name(self.amp_dtype)
         fastpath.prepare_model(self.model, t.channels_last)
         ddp = distributed.wrap(self.model, self.dist, self.device, t.sync_batchnorm)
-        self.eval_model = fastpath.maybe_compile(self.model, t.compile, t.compile_mode)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay else None
+        # what validation (and so selection) evaluates: the averaged weights when kept
+        self.eval_model = fastpath.maybe_compile(self.ema.model if self.ema else self.model,
+                                                 t.compile, t.compile_mode)
         self.step = TrainStep(self.model, self.task, self.optimizer, self.amp_dtype,
                               fastpath.memory_format(t.channels_last),
                               fastpath.maybe_compile(ddp, t.compile, t.compile_mode),
@@ -153,7 +157,13 @@ class Trainer:
         if self.resume:
             state = load_checkpoint(self.run.last, map_location=self.device,
                                     expect_model=cfg.model.name)
-            load_model_weights(self.model, state, self.run.last)
+            load_model_weights(self.model, state, self.run.last, weights="raw")
+            if self.ema is not None:
+                if state.get("ema") is None:
+                    raise ConfigError(f"train.ema_decay={t.ema_decay} but {self.run.last} holds "
+                                      f"no averaged weights (the run trained without EMA); "
+                                      f"resume with --set train.ema_decay=0.")
+                self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.best, self.start_epoch = state["best"], state["epoch"] + 1
@@ -162,7 +172,7 @@ class Trainer:
 
     def _state(self, epoch: int) -> dict:
         return checkpoint_state(self.model, self.config, epoch, self.class_names,
-                                self.optimizer, self.scheduler, self.best)
+                                self.optimizer, self.scheduler, self.best, self.ema)
 
     # ---------------------------------------------------------------- steps
     def evaluate_val(self) -> dict:
@@ -189,6 +199,8 @@ class Trainer:
             if row is None:
                 self.skipped_steps += 1
                 continue
+            if self.ema is not None:
+                self.ema.update(self.model)
             lr = self.optimizer.param_groups[0]["lr"]
             if self.per_batch_schedule:
                 self.scheduler.step()
@@ -322,6 +334,8 @@ class Trainer:
         # One model on every process: each then validates on the whole split and reaches the
         # same best-epoch decision (duplicated work, no extra exchange).
         distributed.broadcast_buffers(self.model, self.dist)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.model, self.dist)
         val = {f"val_{k}": v for k, v in self.evaluate_val().items() if k != "per_class_acc"}
         record = {"kind": "epoch", "epoch": epoch, "lr": lr, **train, **val,
                   "skipped_steps": self.skipped_steps}
@@ -375,6 +389,7 @@ class Trainer:
             "train_seconds": train_seconds, "parameters": count_parameters(self.model),
             "parameters_without_decoder": count_parameters(self.model, include_decoder=False),
             "device": str(self.device), "precision": self.precision,
+            "weights": f"EMA (decay {self.config.train.ema_decay})" if self.ema else "raw",
             # wall time of this fit() call: data loading, training, test evaluation
             "wall_seconds": time.perf_counter() - self._wall_start,
             "started": self._started.isoformat(timespec="seconds"),
