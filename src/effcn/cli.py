@@ -1,5 +1,5 @@
-"""The ``effcn`` command line: train, eval, predict, datasets, models, visualize, runs, compare,
-sweep, import-keras.
+"""The ``effcn`` command line: train, eval, ensemble, predict, datasets, models, visualize, runs,
+compare, sweep, import-keras, bench.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "bf16 autocast, or auto (as train.amp)")
     _add_set(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ensemble", help="evaluate runs as an ensemble (mean scores, vote)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--checkpoint", default="best", help="best | last (of every member)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "auto"],
+                   help="precision of the forward (default fp32)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the report here")
+    _add_set(p)
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run", help="run directory or checkpoint .pt")
@@ -188,6 +198,24 @@ def cmd_eval(args) -> int:
         except EffcnError as e:
             print(f"no figure: {e}")
     print(f"written: {save_report(prepared, r)}")
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from .io import write_json
+    from .training.evaluate import evaluate_ensemble
+    r = evaluate_ensemble(args.runs, args.split, args.checkpoint, args.amp,
+                          overrides=args.overrides)
+    for m in r["members"]:
+        print(f"member {m['run']} (epoch {m['epoch']}): {r['metric']} {m['acc']:.4f}")
+    print(f"ensemble of {len(r['members'])} on {r['images']} {r['dataset']} {args.split} items "
+          f"({r['precision']}): mean scores {r['acc']:.4f}, majority vote {r['vote_acc']:.4f}")
+    print(f"{'class':<10}{'mean':>8}{'vote':>8}")
+    for c, v in r["per_class_acc"].items():
+        print(f"{c:<10}{v:>8.4f}{r['vote_per_class_acc'].get(c, float('nan')):>8.4f}")
+    if args.out:
+        write_json(args.out, r)
+        print(f"written: {args.out}")
     return 0
 
 

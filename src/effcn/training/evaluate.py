@@ -4,6 +4,7 @@
     evaluate_run(RUN, split="test")          a run's checkpoint on its test (or val) split, with
                                              affNIST side by side for 40x40 MNIST models; writes
                                              RUN/eval/<split>_<checkpoint>.json
+    evaluate_ensemble([RUN, ...])            runs as an ensemble: mean class scores, vote
 
 The trainer's validation and final test call ``evaluate`` too, so the test figures of
 summary.json and of ``effcn eval`` are the same computation: on the same checkpoint, in the same
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import EffcnError
 from ..io import write_json
 from . import fastpath
 from .checkpoint import model_from_checkpoint
@@ -24,7 +26,7 @@ from .config import apply_overrides, config_from_dict
 from .environment import resolve_device
 from .rundir import RunDir, resolve_checkpoint
 from .splits import load_eval_split
-from .tasks import EvalSet, Task, task_for
+from .tasks import Batch, EvalSet, Task, task_for
 from .tasks.classification import ImageSet
 
 
@@ -36,12 +38,12 @@ def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
 
     Returns {"loss", "margin", "recon", "acc", "images", "per_class_acc"}; per-class accuracy is
     the share of each class's true labels that were found. With ``predictions``, also
-    "predictions" (N,) and "lengths" (N, classes) tensors. ``amp_dtype``: autocast dtype of the
-    forward (None: fp32).
+    "predictions" (N,), "lengths" (N, classes) and "labels" (N,) or (N, K) tensors.
+    ``amp_dtype``: autocast dtype of the forward (None: fp32).
     """
     model.eval()
     totals = class_hits = class_counts = None
-    preds, lengths = [], []
+    preds, lengths, labels = [], [], []
     for start in range(0, len(eval_set), batch_size):
         batch = eval_set.batch(start, start + batch_size)
         out = fastpath.forward(model, batch.x, task.decoder_labels(batch, training=False),
@@ -61,20 +63,100 @@ def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
         if predictions:
             preds.append(out.lengths.argmax(1))
             lengths.append(out.lengths.float())
+            labels.append(batch.y)
     n = len(eval_set)
     if totals is None:
         return {"loss": 0.0, "margin": 0.0, "recon": 0.0, "acc": 0.0, "images": 0,
                 "per_class_acc": {}}
     t = (totals / n).tolist()
-    names = list(class_names or [])
-    per_class = {(names[c] if c < len(names) else str(c)): h / m
-                 for c, (h, m) in enumerate(zip(class_hits.tolist(), class_counts.tolist()))
-                 if m > 0}
     result = {"loss": t[0], "margin": t[1], "recon": t[2], "acc": t[3], "images": n,
-              "per_class_acc": per_class}
+              "per_class_acc": _per_class(class_hits, class_counts, class_names)}
     if predictions:
         result["predictions"], result["lengths"] = torch.cat(preds), torch.cat(lengths)
+        result["labels"] = torch.cat(labels)
     return result
+
+
+def _per_class(class_hits: torch.Tensor, class_counts: torch.Tensor, class_names) -> dict:
+    """{class name: share of its true labels found} over the classes present."""
+    names = list(class_names or [])
+    return {(names[c] if c < len(names) else str(c)): h / m
+            for c, (h, m) in enumerate(zip(class_hits.tolist(), class_counts.tolist())) if m > 0}
+
+
+def hit_statistics(task: Task, lengths: torch.Tensor, labels: torch.Tensor,
+                   class_names=None) -> tuple[float, dict]:
+    """(accuracy, per-class accuracy) of class scores ``lengths`` (N, C) by the task's metric."""
+    hits = task.hits(_Scores(lengths), Batch(None, labels)).double()
+    k = lengths.shape[1]
+    class_hits = torch.zeros(k, dtype=torch.float64, device=hits.device)
+    class_counts = torch.zeros_like(class_hits)
+    class_hits.index_add_(0, labels.flatten(), hits.flatten())
+    class_counts.index_add_(0, labels.flatten(), torch.ones_like(hits.flatten()))
+    acc = hits.reshape(len(labels), -1).mean(1).mean().item() if len(labels) else 0.0
+    return acc, _per_class(class_hits, class_counts, class_names)
+
+
+class _Scores:
+    """A forward result holding only class scores (what the tasks' metrics read)."""
+
+    def __init__(self, lengths: torch.Tensor):
+        self.lengths = lengths
+
+
+# ----------------------------------------------------------------------------- ensembles
+def evaluate_ensemble(runs, split: str = "test", checkpoint: str = "best", amp: str = "off",
+                      device: str = "auto", overrides: list[str] = ()) -> dict:
+    """Evaluate runs as an ensemble on ``split``: the mean of the members' class scores
+    (capsule lengths), and the majority vote of their predictions (ties broken by the mean
+    score). Members must share dataset, classes and evaluation set (a clear error otherwise).
+
+    Returns {"split", "dataset", "metric", "images", "acc", "vote_acc", "per_class_acc",
+    "vote_per_class_acc", "precision", "members": [{"run", "checkpoint", "epoch", "acc"}]}.
+    """
+    if len(runs) < 2:
+        raise EffcnError(f"an ensemble needs at least two runs, got {len(runs)}; pass more run "
+                         f"directories.")
+    members, first = [], None
+    for run in runs:
+        e = prepare_run_evaluation(run, checkpoint, split, overrides, device)
+        names = list(e.state.get("class_names") or [])
+        key = {"dataset": e.config.data.dataset, "classes": e.model.config.num_classes,
+               "class names": names, "task": e.task.name, "set": e.eval_set.describe()}
+        if first is None:
+            first = (e, key)
+        elif key != first[1]:
+            diff = next(k for k in key if key[k] != first[1][k])
+            raise EffcnError(f"runs {first[0].run.path} and {e.run.path} cannot form an "
+                             f"ensemble: their {diff} differ ({first[1][diff]!r} vs "
+                             f"{key[diff]!r}); pass runs of the same dataset and classes.")
+        amp_dtype = fastpath.amp_dtype(amp, e.device)
+        result = evaluate(e.model, e.task, e.eval_set, e.config.train.eval_batch_size,
+                          amp_dtype, class_names=names, predictions=True)
+        members.append((e, result))
+        del e.model  # keep the scores, not every member's weights
+    e0, r0 = members[0]
+    labels = r0["labels"]
+    for e, r in members[1:]:
+        if not torch.equal(r["labels"], labels):
+            raise EffcnError(f"run {e.run.path} evaluated other images than {e0.run.path}; pass "
+                             f"runs of the same dataset and split settings.")
+    scores = torch.stack([r["lengths"] for _, r in members])            # (M, N, C)
+    mean = scores.mean(0)
+    k = 1 if labels.dim() == 1 else labels.shape[1]                      # labels per item
+    votes = torch.zeros_like(mean)
+    for s in scores:                                                     # each member's top k
+        votes.scatter_add_(1, s.topk(k, dim=1).indices, torch.ones_like(mean[:, :k]))
+    names = first[1]["class names"]
+    acc, per_class = hit_statistics(e0.task, mean, labels, names)
+    vote_acc, vote_per_class = hit_statistics(e0.task, votes + mean / (mean.max() + 1) / 2,
+                                              labels, names)
+    return {"split": split, "dataset": first[1]["dataset"], "metric": e0.task.metric,
+            "images": len(labels), "acc": acc, "vote_acc": vote_acc,
+            "per_class_acc": per_class, "vote_per_class_acc": vote_per_class,
+            "precision": fastpath.precision_name(fastpath.amp_dtype(amp, e0.device)),
+            "members": [{"run": str(e.run.path), "checkpoint": str(e.checkpoint),
+                         "epoch": e.state["epoch"], "acc": r["acc"]} for e, r in members]}
 
 
 # ----------------------------------------------------------------------------- affNIST
