@@ -169,7 +169,7 @@ def cmd_train(args) -> int:
     summary = trainer.fit()
     if trainer.is_main:  # under torchrun: one line, not one per process
         print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc",
-                                                  "test_acc")}))
+                                                  "test_acc", "selection")}))
     return 0
 
 
@@ -181,7 +181,8 @@ def cmd_eval(args) -> int:
     drawn = (f" ({r['digits']} digits x {r['partners']} partners)" if "partners" in r else "")
     print(f"{r['dataset']} {args.split}: {r['metric']} {r['acc']:.4f} on {r['images']} "
           f"{'pairs' if 'partners' in r else 'images'}{drawn}, loss {r['loss']:.4f} "
-          f"[{prepared.checkpoint.name}, epoch {r['epoch']}, {r['precision']}]")
+          f"[{prepared.checkpoint.name}, epoch {r['epoch']}, {r['precision']}]"
+          + (f" -- {r['selection']}" if "selection" in r else ""))
     print("per class: " + "  ".join(f"{k}:{v:.4f}" for k, v in r["per_class_acc"].items()))
     if "affnist_acc" in r:
         base = "MNIST-40" if r["dataset"] == "mnist40" else r["dataset"]

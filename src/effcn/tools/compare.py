@@ -96,7 +96,10 @@ def run_row(run: str | Path, device: str | None = None, measure: bool = True,
     summary = _read_json(run_dir.summary_path, "run summary")
     epochs = read_metrics(run_dir.metrics_path, kind="epoch")
     seconds = [r["epoch_seconds"] for r in epochs if isinstance(r.get("epoch_seconds"), (int, float))]
-    row = {"run": run_dir.name, "model": summary.get("model"),
+    # a run of data.protocol=authors was selected on the test set: every table says so
+    marker = " [test-selected]" if str(summary.get("selection", "")).startswith("test-selected") \
+        else ""
+    row = {"run": run_dir.name + marker, "model": summary.get("model"),
            "parameters": summary.get("parameters"), "dataset": summary.get("dataset"),
            "epochs": len(epochs) or summary.get("epochs"),
            "train_s_per_epoch": statistics.fmean(seconds) if seconds else None,

@@ -42,7 +42,9 @@ def run_row(run_dir: Path, root: Path) -> dict:
     if run.summary_path.is_file():
         s = run.summary()
         if s:
-            row.update(status="done", test_acc=s.get("test_acc"),
+            test_selected = str(s.get("selection", "")).startswith("test-selected")
+            row.update(status="done (test-selected)" if test_selected else "done",
+                       test_acc=s.get("test_acc"),
                        best_val_acc=s.get("best_val_acc", row["best_val_acc"]))
             if s.get("wall_seconds") and not s.get("resumed"):
                 row["seconds"] = s["wall_seconds"]

@@ -31,6 +31,8 @@ class DataSection:
     root: Optional[str] = None              # folder with the files; None: $EFFCN_DATA, cache
     download: bool = False
     val_size: int = 5000                    # validation images carved out of the training set
+    protocol: str = "honest"                # honest (select on val) | authors (train on all,
+                                            # select on TEST: labelled test-selected everywhere)
     split_seed: int = 0                     # fixes which training images are validation
     train_subset: int = 0                   # >0: train on this many images only (CPU budgets)
     augment: str = "paper"                  # paper | none | parts joined by '+', e.g. rotate+erase
@@ -118,6 +120,7 @@ CHOICES = {
     "schedule.name": ("exp_decay", "constant", "step", "cosine", "onecycle", "plateau"),
     "train.amp": ("auto", "bf16", "off"),
     "data.multimnist_test_style": ("authors", "resampled"),
+    "data.protocol": ("honest", "authors"),
     "train.test_amp": ("auto", "bf16", "off"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }

@@ -25,7 +25,7 @@ from .checkpoint import model_from_checkpoint
 from .config import apply_overrides, config_from_dict
 from .environment import resolve_device
 from .rundir import RunDir, resolve_checkpoint
-from .splits import load_eval_split
+from .splits import TEST_SELECTED, load_eval_split
 from .tasks import Batch, EvalSet, Task, task_for
 from .tasks.classification import ImageSet
 
@@ -237,6 +237,8 @@ def evaluate_prepared(e: RunEvaluation, amp: str = "off", affnist: bool = True) 
     report = {"checkpoint": str(e.checkpoint), "epoch": e.state["epoch"], "split": e.split,
               "dataset": e.config.data.dataset, "task": e.task.name, "metric": e.task.metric,
               "precision": fastpath.precision_name(amp_dtype), **e.eval_set.describe(), **result}
+    if e.config.data.protocol == "authors":  # the checkpoint was chosen on the test split
+        report["selection"] = TEST_SELECTED
     if e.split == "test" and affnist and wants_affnist(e.model):
         aff = evaluate_affnist(e.model, e.task, e.config.data.root, e.device,
                                e.config.train.eval_batch_size, amp_dtype,

@@ -46,15 +46,28 @@ def train_val_split(n: int, val_size: int, split_seed: int) -> tuple[torch.Tenso
     return perm[: n - val_size], perm[n - val_size:]
 
 
+TEST_SELECTED = "test-selected (authors' protocol)"
+
+
 def load_train_val(config, device) -> tuple[Split, Split]:
-    """(train, val) of the configured training set; train honours data.train_subset."""
+    """(train, selection split) of a config; train honours data.train_subset.
+
+    The honest protocol (the default) carves the selection split out of the training set. With
+    data.protocol=authors, as the authors' code does, training uses every training image and the
+    epochs are selected on the TEST split: its figures are then test-selected, and say so."""
     ds = load_dataset(config, "train")
     images, labels = as_nchw(ds.images), ds.labels.long()
+    names = list(getattr(ds, "classes", []))
+    if config.data.protocol == "authors":
+        train_idx = torch.arange(len(labels))
+        if config.data.train_subset:
+            train_idx = train_idx[: config.data.train_subset]
+        return (Split(images[train_idx].to(device), labels[train_idx].to(device), names),
+                load_test(config, device))
     train_idx, val_idx = train_val_split(len(labels), config.data.val_size,
                                          config.data.split_seed)
     if config.data.train_subset:
         train_idx = train_idx[: config.data.train_subset]
-    names = list(getattr(ds, "classes", []))
     return (Split(images[train_idx].to(device), labels[train_idx].to(device), names),
             Split(images[val_idx].to(device), labels[val_idx].to(device), names))
 

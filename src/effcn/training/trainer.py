@@ -35,7 +35,7 @@ from .evaluate import evaluate
 from .metrics import MetricsLog, truncate_metrics
 from .optim import build_optimizer, build_schedule, step_epoch_schedule
 from .rundir import RunDir
-from .splits import load_test, load_train_val
+from .splits import TEST_SELECTED, load_test, load_train_val
 from .tasks import Batch, Task, task_for
 
 
@@ -131,6 +131,7 @@ class Trainer:
         self.val_split = val
         self.class_names = train.class_names
         self.n_train, self.n_val = len(train), len(val)
+        self.test_selected = cfg.data.protocol == "authors"
         self.model = create_model(cfg.model.name, **cfg.model.args).to(self.device)
         self.task.check_model(self.model)
         # The fast path (fastpath.py, distributed.py): self.model stays the plain module
@@ -314,6 +315,9 @@ class Trainer:
                 env = {**first, "resumes": first.get("resumes", []) + [env]}
             write_json(self.run.env_path, env)
             log = MetricsLog(self.run.metrics_path)
+        if self.test_selected:
+            self.say(f"data.protocol=authors: training on every training image, epochs selected "
+                     f"on the TEST split; every figure of this run is {TEST_SELECTED}")
         self.say(f"run directory: {self.run_dir}  ({self.n_train} train / {self.n_val} val "
                   f"{'digits' if self.task.name == 'multimnist' else 'images'}, device "
                   f"{self.device}, {self.precision})")
@@ -373,7 +377,8 @@ class Trainer:
             "test_loss": result["loss"], "test_margin": result["margin"],
             "test_recon": result["recon"], **described,
             "test_precision": fastpath.precision_name(test_amp), "val_images": self.n_val})
-        self.say(f"test {self.task.metric} (best val epoch {summary['best_epoch']}): "
+        self.say(f"test {self.task.metric}{' [' + TEST_SELECTED + ']' if self.test_selected else ''}"
+                 f" (best val epoch {summary['best_epoch']}): "
                   f"{summary['test_acc']:.4f} on {len(test_set)} test "
                   f"{'pairs' if self.task.name == 'multimnist' else 'images'} "
                   f"({summary['test_precision']})")
@@ -395,6 +400,8 @@ class Trainer:
             "started": self._started.isoformat(timespec="seconds"),
             "finished": datetime.now().isoformat(timespec="seconds"),
             "resumed": self.resume,
+            "protocol": self.config.data.protocol,
+            "selection": TEST_SELECTED if self.test_selected else "validation split",
         }
         write_json(self.run.summary_path, summary)
         self._emit("on_fit_end", summary)
