@@ -30,7 +30,7 @@ class EMA:
             self._pairs = ([p for p in self.model.parameters()], [p for p in model.parameters()],
                            [b for b in self.model.buffers()], [b for b in model.buffers()])
         ema_p, p, ema_b, b = self._pairs
-        torch._foreach_lerp_(ema_p, [x.detach() for x in p], 1 - self.decay)
+        torch._foreach_lerp_(ema_p, p, 1 - self.decay)  # under no_grad: no detached copies
         for target, source in zip(ema_b, b):
             target.copy_(source)
 

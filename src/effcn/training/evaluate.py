@@ -52,14 +52,11 @@ def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
         hits = task.hits(out, batch).double()           # shaped like batch.y
         n = len(batch.y)
         if totals is None:
-            device, k = out.lengths.device, out.lengths.shape[1]
-            totals = torch.zeros(4, device=device, dtype=torch.float64)
-            class_hits = torch.zeros(k, device=device, dtype=torch.float64)
-            class_counts = torch.zeros(k, device=device, dtype=torch.float64)
+            totals = torch.zeros(4, device=out.lengths.device, dtype=torch.float64)
+            class_hits, class_counts = _class_sums(out.lengths.shape[1], hits.device)
         totals += torch.stack([loss.double() * n, margin.double() * n, recon.double() * n,
                                hits.reshape(n, -1).mean(1).sum()])
-        class_hits.index_add_(0, batch.y.flatten(), hits.flatten())
-        class_counts.index_add_(0, batch.y.flatten(), torch.ones_like(hits.flatten()))
+        _add_class_hits(class_hits, class_counts, batch.y, hits)
         if predictions:
             preds.append(out.lengths.argmax(1))
             lengths.append(out.lengths.float())
@@ -77,6 +74,19 @@ def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
     return result
 
 
+def _class_sums(num_classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed (hits, counts) per class, float64."""
+    return (torch.zeros(num_classes, device=device, dtype=torch.float64),
+            torch.zeros(num_classes, device=device, dtype=torch.float64))
+
+
+def _add_class_hits(class_hits: torch.Tensor, class_counts: torch.Tensor, labels: torch.Tensor,
+                    hits: torch.Tensor) -> None:
+    """Add per-label ``hits`` (shaped like ``labels``) to the per-class sums, in place."""
+    class_hits.index_add_(0, labels.flatten(), hits.flatten())
+    class_counts.index_add_(0, labels.flatten(), torch.ones_like(hits.flatten()))
+
+
 def _per_class(class_hits: torch.Tensor, class_counts: torch.Tensor, class_names) -> dict:
     """{class name: share of its true labels found} over the classes present."""
     names = list(class_names or [])
@@ -88,11 +98,8 @@ def hit_statistics(task: Task, lengths: torch.Tensor, labels: torch.Tensor,
                    class_names=None) -> tuple[float, dict]:
     """(accuracy, per-class accuracy) of class scores ``lengths`` (N, C) by the task's metric."""
     hits = task.hits(_Scores(lengths), Batch(None, labels)).double()
-    k = lengths.shape[1]
-    class_hits = torch.zeros(k, dtype=torch.float64, device=hits.device)
-    class_counts = torch.zeros_like(class_hits)
-    class_hits.index_add_(0, labels.flatten(), hits.flatten())
-    class_counts.index_add_(0, labels.flatten(), torch.ones_like(hits.flatten()))
+    class_hits, class_counts = _class_sums(lengths.shape[1], hits.device)
+    _add_class_hits(class_hits, class_counts, labels, hits)
     acc = hits.reshape(len(labels), -1).mean(1).mean().item() if len(labels) else 0.0
     return acc, _per_class(class_hits, class_counts, class_names)
 

@@ -58,18 +58,18 @@ def load_train_val(config, device) -> tuple[Split, Split]:
     ds = load_dataset(config, "train")
     images, labels = as_nchw(ds.images), ds.labels.long()
     names = list(getattr(ds, "classes", []))
-    if config.data.protocol == "authors":
+    authors = config.data.protocol == "authors"
+    if authors:
         train_idx = torch.arange(len(labels))
-        if config.data.train_subset:
-            train_idx = train_idx[: config.data.train_subset]
-        return (Split(images[train_idx].to(device), labels[train_idx].to(device), names),
-                load_test(config, device))
-    train_idx, val_idx = train_val_split(len(labels), config.data.val_size,
-                                         config.data.split_seed)
+    else:
+        train_idx, val_idx = train_val_split(len(labels), config.data.val_size,
+                                             config.data.split_seed)
     if config.data.train_subset:
         train_idx = train_idx[: config.data.train_subset]
-    return (Split(images[train_idx].to(device), labels[train_idx].to(device), names),
-            Split(images[val_idx].to(device), labels[val_idx].to(device), names))
+    train = Split(images[train_idx].to(device), labels[train_idx].to(device), names)
+    if authors:
+        return train, load_test(config, device)
+    return train, Split(images[val_idx].to(device), labels[val_idx].to(device), names)
 
 
 def load_test(config, device) -> Split:
