@@ -86,6 +86,8 @@ class TrainSection:
     # The fast path (training/fastpath.py; measured in BENCHMARKS.md):
     amp: str = "auto"                       # auto (bf16 on CUDA and bf16-capable CPUs) | bf16 | off
     test_amp: str = "off"                   # the final test's precision: off (fp32) | bf16 | auto
+    monitor_test: bool = False              # also evaluate the test split every epoch (logged,
+                                            # never selects): the authors' selection, same run
     channels_last: bool = True              # NHWC layout of weights and inputs
     compile: bool = False                   # torch.compile the model (falls back to eager)
     compile_mode: str = "default"           # default | reduce-overhead (CUDA graphs) | max-autotune

@@ -32,7 +32,7 @@ from .config import Config, save_yaml
 from .ema import EMA
 from .environment import environment, resolve_device
 from .evaluate import evaluate
-from .metrics import MetricsLog, truncate_metrics
+from .metrics import MetricsLog, read_metrics, truncate_metrics
 from .optim import build_optimizer, build_schedule, step_epoch_schedule
 from .rundir import RunDir
 from .splits import TEST_SELECTED, load_test, load_train_val
@@ -154,6 +154,7 @@ class Trainer:
         self.scheduler, self.per_batch_schedule = build_schedule(cfg, self.optimizer,
                                                                  self.steps_per_epoch)
         self.best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}
+        self.test_set = None  # loaded on first use: every epoch with train.monitor_test
         self.start_epoch, self.skipped_steps = 1, 0
         if self.resume:
             state = load_checkpoint(self.run.last, map_location=self.device,
@@ -180,6 +181,13 @@ class Trainer:
         """Validation figures in the training precision (they only rank the epochs)."""
         return evaluate(self.eval_model, self.task, self.task.val_set(),
                         self.config.train.eval_batch_size, self.amp_dtype)
+
+    def evaluate_test(self, model) -> dict:
+        """The test split in the test precision (train.test_amp; fp32 by default)."""
+        if self.test_set is None:
+            self.test_set = self.task.eval_set(load_test(self.config, self.device), "test")
+        return evaluate(model, self.task, self.test_set, self.config.train.eval_batch_size,
+                        fastpath.amp_dtype(self.config.train.test_amp, self.device))
 
     def _train_epoch(self, epoch: int, log: MetricsLog | None) -> dict:
         cfg = self.config
@@ -343,6 +351,10 @@ class Trainer:
         val = {f"val_{k}": v for k, v in self.evaluate_val().items() if k != "per_class_acc"}
         record = {"kind": "epoch", "epoch": epoch, "lr": lr, **train, **val,
                   "skipped_steps": self.skipped_steps}
+        if cfg.train.monitor_test and not self.test_selected:
+            # Logged only: selection stays on validation. What the authors' protocol would have
+            # reported from this run is the best of these (summary.json: test_selected_*).
+            record["test_acc"] = self.evaluate_test(self.eval_model)["acc"]
         improved = (val["val_acc"], -val["val_loss"]) > (self.best["val_acc"],
                                                          -self.best["val_loss"])
         if improved:
@@ -367,22 +379,37 @@ class Trainer:
         """Evaluate the best-validation weights on the test split once; write summary.json."""
         state = load_checkpoint(self.run.best, map_location=self.device)
         load_model_weights(self.model, state)
-        test_set = self.task.eval_set(load_test(self.config, self.device), "test")
+        result = self.evaluate_test(self.model)
         test_amp = fastpath.amp_dtype(self.config.train.test_amp, self.device)
-        result = evaluate(self.model, self.task, test_set, self.config.train.eval_batch_size,
-                          test_amp)
-        described = {f"test_{k}": v for k, v in test_set.describe().items()}
+        described = {f"test_{k}": v for k, v in self.test_set.describe().items()}
         summary = self.write_summary(train_seconds, {
             "test_acc": result["acc"], "test_metric": self.task.metric,
             "test_loss": result["loss"], "test_margin": result["margin"],
             "test_recon": result["recon"], **described,
-            "test_precision": fastpath.precision_name(test_amp), "val_images": self.n_val})
+            "test_precision": fastpath.precision_name(test_amp), "val_images": self.n_val,
+            **self._test_selected_figures()})
         self.say(f"test {self.task.metric}{' [' + TEST_SELECTED + ']' if self.test_selected else ''}"
                  f" (best val epoch {summary['best_epoch']}): "
-                  f"{summary['test_acc']:.4f} on {len(test_set)} test "
+                  f"{summary['test_acc']:.4f} on {len(self.test_set)} test "
                   f"{'pairs' if self.task.name == 'multimnist' else 'images'} "
                   f"({summary['test_precision']})")
+        if "test_selected_acc" in summary:
+            self.say(f"best epoch on test ({TEST_SELECTED}, from train.monitor_test): "
+                     f"{summary['test_selected_acc']:.4f} (epoch {summary['test_selected_epoch']})")
         return summary
+
+    def _test_selected_figures(self) -> dict:
+        """With train.monitor_test: the best per-epoch test accuracy (ties: the earliest epoch),
+        read back from metrics.jsonl so that a resumed run counts every epoch."""
+        if not self.config.train.monitor_test or self.test_selected:
+            return {}
+        rows = [r for r in read_metrics(self.run.metrics_path, kind="epoch") if "test_acc" in r]
+        if not rows:
+            return {}
+        best = max(rows, key=lambda r: (r["test_acc"], -r["epoch"]))
+        return {"test_selected_acc": best["test_acc"], "test_selected_epoch": best["epoch"],
+                "test_selected_note": f"{TEST_SELECTED} on this run's per-epoch test figures "
+                                      f"(train.monitor_test); selection stayed on validation"}
 
     def write_summary(self, train_seconds: float, test: dict) -> dict:
         """summary.json: the test figures of ``test`` inside the run's statistics."""
