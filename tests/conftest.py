@@ -47,3 +47,27 @@ def tiny_run(synthetic_root, tmp_path_factory) -> FinishedRun:
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """mount(size_kb) -> a fresh tmpfs of that size under tmp_path (a disk that can fill up, and
+    be remounted read-only: helpers.remount_readonly); unmounted afterwards. Skips, saying so,
+    where this process may not mount (neither root nor CAP_SYS_ADMIN)."""
+    import subprocess
+    mounted = []
+
+    def mount(size_kb: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs",
+                               str(where)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}): "
+                        f"a full or read-only disk needs root or CAP_SYS_ADMIN")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -262,3 +262,8 @@ def assert_one_sentence_error(code: int, stderr: str, message: str) -> None:
     assert code == 2, (code, stderr)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert message in err, err
+
+
+def remount_readonly(where: Path) -> None:
+    """Make a tmpfs from the ``small_tmpfs`` fixture read-only (the files stay readable)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import EffcnError
+from .errors import EffcnError, filesystem_error
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -139,9 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except EffcnError as e:  # Interrupted (Ctrl-C in training) exits 130, the others 2
+    except EffcnError as e:  # Interrupted (Ctrl-C) exits 130, Preempted 143, the others 2
         print(f"effcn {args.command}: error: {e}", file=sys.stderr)
         return e.exit_status
+    except OSError as e:  # a full disk, a read-only folder, ...: one sentence; others: a bug
+        described = filesystem_error(e)
+        if described is None:
+            raise
+        print(f"effcn {args.command}: error: {described}", file=sys.stderr)
+        return described.exit_status
     except KeyboardInterrupt:
         print(f"effcn {args.command}: interrupted.", file=sys.stderr)
         return 130
@@ -157,7 +163,7 @@ def cmd_train(args) -> int:
             raise EffcnError("--resume takes the run's own saved config; drop --config (use --set "
                              "to change fields such as train.epochs).")
         run = RunDir(args.resume)
-        if run.path.is_dir() and not run.last.is_file():
+        if run.path.is_dir() and not run.last.is_file() and not run.step.is_file():
             raise EffcnError(f"cannot resume {run.path}: it has no checkpoints/last.pt (the run "
                              f"stopped before its first epoch ended); start a new run instead.")
         config = apply_overrides(run.load_config(), args.overrides)

@@ -17,21 +17,35 @@ os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (never half a file)."""
+    """Write ``data`` to ``path`` via a temporary file and a rename (never half a file).
+
+    An OSError (full disk, read-only folder, ...) leaves ``path`` as it was and no temporary
+    file; it is raised naming ``path`` (see errors.filesystem_error)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise writing_error(e, path) from None
         raise
+
+
+def writing_error(err: OSError, path: str | Path) -> OSError:
+    """``err`` naming ``path`` (not a temporary file or none) and marked as a write."""
+    named = err if err.filename not in (None, "") and ".tmp" not in str(err.filename) \
+        else type(err)(err.errno, err.strerror, str(path))
+    named.effcn_action = "write"
+    return named
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

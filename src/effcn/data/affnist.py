@@ -33,6 +33,7 @@ from effcn.data.canvas import pad_to, place_randomly
 from effcn.data.download import download_url
 from effcn.data.mnist import MNIST, _dedupe, cache_dir
 from effcn.errors import DataError
+from effcn.io import writing_error
 
 AFFNIST_SIZE = 40
 AFFNIST_BASE_URL = "https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/"
@@ -97,10 +98,16 @@ def _extract_zip(archive: Path, folder: Path, wanted: List[str]) -> None:
             dest = folder / w
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
-            with zf.open(name) as src, open(tmp, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            os.replace(tmp, dest)
+            try:
+                with zf.open(name) as src, open(tmp, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                os.replace(tmp, dest)
+            except OSError as e:
+                raise writing_error(e, dest) from None
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
 
 
 class AffNIST(torch.utils.data.Dataset):

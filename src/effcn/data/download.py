@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Union
 
-from effcn.errors import DataError
+from effcn.errors import DataError, filesystem_error
+from effcn.io import writing_error
 
 PathLike = Union[str, "os.PathLike[str]"]
 Check = Callable[[Path], None]
@@ -84,6 +85,9 @@ def _try_download(url: str, dest: Path, timeout: float, check: Optional[Check]) 
         return None
     # ValueError: malformed URL or unknown scheme; HTTPException (e.g. a bad status line) is no OSError.
     except (OSError, ValueError, DataError, http.client.HTTPException) as e:
+        if isinstance(e, OSError) and not isinstance(e, urllib.error.URLError) \
+                and filesystem_error(e) is not None:
+            raise writing_error(e, dest) from None  # a full disk: no other mirror will help
         return _reason(e)
     finally:
         if tmp.exists():

@@ -15,7 +15,8 @@ from typing import Union
 
 import numpy as np
 
-from effcn.errors import DataError
+from effcn.errors import DataError, filesystem_error
+from effcn.io import writing_error
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -127,6 +128,8 @@ def write_idx(path: PathLike, array: np.ndarray) -> Path:
                 f.write(data)
         os.replace(tmp, path)
     except OSError as e:
+        if filesystem_error(e) is not None:  # a full disk, read-only folder: that sentence
+            raise writing_error(e, path) from None
         raise DataError(f"Cannot write IDX file {path} ({e.strerror or e}); check that its folder exists and is writable.") from None
     finally:
         if tmp.exists():

@@ -101,6 +101,7 @@ class RunSection:
     tensorboard: bool = False               # write TensorBoard events to <run>/tensorboard
     recon_every: int = 0                    # >0: save a reconstruction grid every N epochs (+ GIF)
     checkpoint_every: int = 0               # >0: keep checkpoints/epoch_NNN.pt every N epochs
+    checkpoint_every_steps: int = 0         # >0: a resumable checkpoints/step.pt every N batches
 
 
 @dataclass
@@ -132,7 +133,8 @@ POSITIVE = ("optim.lr", "data.pixel_divisor", "train.epochs", "train.batch_size"
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
                 "schedule.gamma", "schedule.patience", "data.train_subset",
                 "data.multimnist_test_digits", "data.multimnist_epoch_pairs",
-                "train.recon_weight", "train.ema_decay", "run.recon_every", "run.checkpoint_every")
+                "train.recon_weight", "train.ema_decay", "run.recon_every", "run.checkpoint_every",
+                "run.checkpoint_every_steps")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -127,3 +127,23 @@ def broadcast_object(obj, info: DistInfo):
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
+
+
+def all_gather_object(obj, info: DistInfo) -> list:
+    """Every process's ``obj``, in rank order ([obj] when not distributed)."""
+    if not info.enabled:
+        return [obj]
+    objects = [None] * info.world_size
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def any_true(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` is true on any process (every process gets the same answer)."""
+    return any(all_gather_object(bool(flag), info))
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait until every process gets here (no-op when not distributed)."""
+    if info.enabled:
+        dist.barrier()

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, writing_error
 
 
 def _clean(value):
@@ -25,18 +25,28 @@ class MetricsLog:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise writing_error(e, self.path) from None
 
     def write(self, records: list[dict]) -> None:
+        """Append whole lines (a full disk may cut the last one: readers skip it)."""
         if not records:
             return
-        self._file.write("".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n"
-                                 for r in records))
-        self._file.flush()
+        try:
+            self._file.write("".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n"
+                                     for r in records))
+            self._file.flush()
+        except OSError as e:
+            raise writing_error(e, self.path) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # a flush that failed already raised; the lines it held are lost either way
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
@@ -55,10 +65,16 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
     return records
 
 
-def truncate_metrics(path: str | Path, last_epoch: int) -> None:
-    """Keep only records of epochs <= last_epoch (before resuming after last_epoch)."""
+def truncate_metrics(path: str | Path, last_epoch: int, steps_into_next: int = 0) -> None:
+    """Keep only records of epochs <= last_epoch, and the first ``steps_into_next`` batch
+    records of the epoch after (before resuming from there)."""
     path = Path(path)
     if not path.exists():
         return
-    kept = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
+
+    def kept_record(r: dict) -> bool:
+        epoch = r.get("epoch", 0)
+        return epoch <= last_epoch or (epoch == last_epoch + 1 and r.get("kind") == "batch"
+                                       and r.get("step", steps_into_next) < steps_into_next)
+    kept = [r for r in read_metrics(path) if kept_record(r)]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

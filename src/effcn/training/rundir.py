@@ -5,7 +5,8 @@
       env.json               versions, device, git revision (first start, then each resume)
       metrics.jsonl          batch and epoch records (training/metrics.py)
       summary.json           written once by training: the test figures of best.pt
-      checkpoints/           best.pt, last.pt (resumable), epoch_NNN.pt (run.checkpoint_every)
+      checkpoints/           best.pt, last.pt (resumable), epoch_NNN.pt (run.checkpoint_every),
+                             step.pt (mid-epoch, resumable: SIGTERM, run.checkpoint_every_steps)
       eval/                  <split>_<checkpoint>.json, one report per `effcn eval`
       recon/                 fixed_images.npz, reconstruction grids, their GIF (run.recon_every)
       figures/               effcn visualize output
@@ -109,6 +110,12 @@ class RunDir:
     @property
     def last(self) -> Path:
         return self.checkpoints / "last.pt"
+
+    @property
+    def step(self) -> Path:
+        """The mid-epoch checkpoint (preemption, run.checkpoint_every_steps); stale once the
+        epoch it is part of has ended (last.pt is then newer)."""
+        return self.checkpoints / "step.pt"
 
     @property
     def fixed_images(self) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, EffcnError, Interrupted
+from ..errors import ConfigError, EffcnError, Interrupted, Preempted, filesystem_error
 from ..io import read_json, write_json
 from ..models import create_model
 from ..models.efficient_capsnet import count_parameters
@@ -34,6 +34,7 @@ from .environment import environment, resolve_device
 from .evaluate import evaluate
 from .metrics import MetricsLog, read_metrics, truncate_metrics
 from .optim import build_optimizer, build_schedule, step_epoch_schedule
+from .preemption import StopSignals
 from .rundir import RunDir
 from .splits import TEST_SELECTED, load_test, load_train_val
 from .tasks import Batch, Task, task_for
@@ -108,6 +109,8 @@ class Trainer:
                     path = str(RunDir.create(config.run.dir, config.run.name, config_name).path)
             self.run = RunDir(distributed.broadcast_object(path, self.dist))
         self.position = (0, 0)  # (epoch, batch) being trained, for the interrupt message
+        self.stop_signals = StopSignals()
+        self.mid_epoch = None   # resuming from step.pt: where in its epoch to continue
 
     @property
     def run_dir(self) -> Path:
@@ -157,24 +160,47 @@ class Trainer:
         self.test_set = None  # loaded on first use: every epoch with train.monitor_test
         self.start_epoch, self.skipped_steps = 1, 0
         if self.resume:
-            state = load_checkpoint(self.run.last, map_location=self.device,
-                                    expect_model=cfg.model.name)
-            load_model_weights(self.model, state, self.run.last, weights="raw")
+            path, state = self._resume_state()
+            load_model_weights(self.model, state, path, weights="raw")
             if self.ema is not None:
                 if state.get("ema") is None:
-                    raise ConfigError(f"train.ema_decay={t.ema_decay} but {self.run.last} holds "
+                    raise ConfigError(f"train.ema_decay={t.ema_decay} but {path} holds "
                                       f"no averaged weights (the run trained without EMA); "
                                       f"resume with --set train.ema_decay=0.")
                 self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.best, self.start_epoch = state["best"], state["epoch"] + 1
+            self.skipped_steps = state.get("skipped_steps", 0)
+            self.mid_epoch = state.get("mid_epoch")
+            if self.mid_epoch and self.mid_epoch["world_size"] != self.dist.world_size:
+                raise ConfigError(f"{path} was written by {self.mid_epoch['world_size']} "
+                                  f"process(es) in the middle of an epoch; resume it with as many "
+                                  f"(torchrun --nproc_per_node), or delete it to redo that epoch.")
             if self.is_main:
-                truncate_metrics(self.run.metrics_path, state["epoch"])
+                truncate_metrics(self.run.metrics_path, state["epoch"],
+                                 self.mid_epoch["step"] if self.mid_epoch else 0)
 
-    def _state(self, epoch: int) -> dict:
+    def _resume_state(self) -> tuple[Path, dict]:
+        """The checkpoint to resume from: step.pt when it is part of the epoch after last.pt's
+        (a preempted or periodically saved epoch), else last.pt."""
+        name = self.config.model.name
+        last = (load_checkpoint(self.run.last, map_location=self.device, expect_model=name)
+                if self.run.last.is_file() else None)
+        done = last["epoch"] if last else 0
+        if self.run.step.is_file():
+            step = load_checkpoint(self.run.step, map_location=self.device, expect_model=name)
+            if step.get("mid_epoch", {}).get("epoch") == done + 1:
+                return self.run.step, step
+        if last is None:
+            raise EffcnError(f"cannot resume {self.run_dir}: it has no checkpoints/last.pt (the "
+                             f"run stopped before its first epoch ended); start a new run.")
+        return self.run.last, last
+
+    def _state(self, epoch: int, **extra) -> dict:
         return checkpoint_state(self.model, self.config, epoch, self.class_names,
-                                self.optimizer, self.scheduler, self.best, self.ema)
+                                self.optimizer, self.scheduler, self.best, self.ema,
+                                skipped_steps=self.skipped_steps, **extra)
 
     # ---------------------------------------------------------------- steps
     def evaluate_val(self) -> dict:
@@ -199,9 +225,18 @@ class Trainer:
         aug_g = (epoch_generator(cfg.train.seed + 1009 * self.dist.rank, epoch, self.device)
                  if self.dist.enabled else g)
         pending, sums = [], torch.zeros(5, device=self.device, dtype=torch.float64)
+        first, seconds_before = 0, 0.0
+        if self.mid_epoch is not None:  # resumed from step.pt: continue where it stopped
+            mid, self.mid_epoch = self.mid_epoch, None
+            first, seconds_before = mid["step"], mid["seconds"]
+            aug_g.set_state(mid["rng"][self.dist.rank])
+            sums = mid["sums"].to(self.device)
         bar = self._progress(self.steps_per_epoch, epoch)
+        if bar is not None:
+            bar.update(first)
         t0 = self._flushed_at = time.perf_counter()
-        for step in range(self.steps_per_epoch):
+        every = cfg.run.checkpoint_every_steps
+        for step in range(first, self.steps_per_epoch):
             self.position = (epoch, step)
             idx = distributed.shard(order[step * bs:(step + 1) * bs], self.dist)
             row = self.step(self.task.train_batch(idx, aug_g))
@@ -218,15 +253,48 @@ class Trainer:
             if len(pending) == cfg.train.log_every:
                 self._flush(log, epoch, pending, bar)
                 pending = []
+            stop = self._stop_requested(step)
+            if stop or (every and (step + 1) % every == 0 and step + 1 < self.steps_per_epoch):
+                self._flush(log, epoch, pending, bar)
+                pending = []
+                self._save_step(epoch, step + 1, aug_g, sums,
+                                seconds_before + time.perf_counter() - t0)
+                if stop:
+                    raise self._preempted(epoch, step + 1)
         self._flush(log, epoch, pending, bar)
         sums = distributed.all_sum(sums, self.dist)  # images of every process
-        seconds = time.perf_counter() - t0
+        seconds = seconds_before + time.perf_counter() - t0
         if bar is not None:
             bar.close()
         seen = sums[4].item()
         t = (sums[:4] / sums[4].clamp(min=1)).tolist()
         return {"train_loss": t[0], "train_margin": t[1], "train_recon": t[2], "train_acc": t[3],
                 "epoch_seconds": seconds, "train_images_per_s": seen / seconds}
+
+    def _stop_requested(self, step: int) -> bool:
+        """A stop signal arrived (under torchrun: on any process, checked where they agree)."""
+        if not self.dist.enabled:
+            return self.stop_signals.received is not None
+        if (step + 1) % self.config.train.log_every:
+            return False
+        return distributed.any_true(self.stop_signals.received is not None, self.dist)
+
+    def _save_step(self, epoch: int, steps_done: int, aug_g: torch.Generator,
+                   sums: torch.Tensor, seconds: float) -> None:
+        """checkpoints/step.pt: everything needed to continue epoch ``epoch`` after
+        ``steps_done`` batches as if never stopped (every process's generator state)."""
+        rng = distributed.all_gather_object(aug_g.get_state(), self.dist)
+        if self.is_main:
+            save_checkpoint(self.run.step, self._state(epoch - 1, mid_epoch={
+                "epoch": epoch, "step": steps_done, "rng": rng, "sums": sums.cpu(),
+                "seconds": seconds, "world_size": self.dist.world_size}))
+        distributed.barrier(self.dist)  # nobody exits before rank 0 has written it
+
+    def _preempted(self, epoch: int, steps_done: int) -> Preempted:
+        return Preempted(f"{self.stop_signals.name or 'a stop signal'} received: stopped after "
+                         f"batch {steps_done}/{self.steps_per_epoch} of epoch {epoch}/"
+                         f"{self.config.train.epochs} and saved checkpoints/step.pt; continue "
+                         f"with effcn train --resume {self.run_dir}")
 
     def _flush(self, log: MetricsLog | None, epoch: int, pending: list, bar) -> None:
         """One device->host copy for many batches, so logging does not sync every step."""
@@ -267,16 +335,34 @@ class Trainer:
         raise EffcnError(f"training diverged: {cause} in epoch {epoch}; {kept}; lower optim.lr "
                          f"(or set train.skip_nonfinite=true to skip such steps) and retrain.")
 
+    def _resume_point(self) -> str | None:
+        """What --resume would continue from, in words (None: nothing to resume)."""
+        try:
+            path, state = self._resume_state()
+        except (EffcnError, OSError):
+            return None
+        if path == self.run.step:
+            mid = state["mid_epoch"]
+            return f"checkpoints/step.pt holds epoch {mid['epoch']} up to batch {mid['step']}"
+        return f"checkpoints/last.pt holds epoch {state['epoch']}"
+
     def _interrupted(self) -> Interrupted:
         epoch, step = self.position
         where = (f"in epoch {epoch}/{self.config.train.epochs} at batch {step + 1}/"
                  f"{self.steps_per_epoch}" if epoch else "before the first batch")
-        if self.run.last.exists():
-            done = load_checkpoint(self.run.last)["epoch"]
-            return Interrupted(f"training interrupted {where}; checkpoints/last.pt holds epoch "
-                               f"{done}: continue with effcn train --resume {self.run_dir}")
+        point = self._resume_point()
+        if point:
+            return Interrupted(f"training interrupted {where}; {point}: continue with effcn "
+                               f"train --resume {self.run_dir}")
         return Interrupted(f"training interrupted {where}; no epoch had finished, so there is "
                            f"nothing to resume: start the run again.")
+
+    def _filesystem_fault(self, err: OSError) -> EffcnError | None:
+        """One sentence for a full disk, a read-only folder, ... met while training."""
+        point = self._resume_point()
+        way_out = ("{fix}; " + point + f", so resume with effcn train --resume {self.run_dir}"
+                   if point else "{fix} and start the run again")
+        return filesystem_error(err, way_out)
 
     def _check_finite_weights(self, epoch: int):
         """A finite loss can still leave non-finite weights (the epoch's last step): never save them."""
@@ -299,11 +385,17 @@ class Trainer:
                         and not any(self.run_dir.iterdir()):
                     self.run_dir.rmdir()
                 raise
-            train_seconds = self._fit_epochs()
+            with self.stop_signals:
+                train_seconds = self._fit_epochs()
             summary = self.finish(train_seconds) if self.is_main else None
             return distributed.broadcast_object(summary, self.dist)
         except KeyboardInterrupt:
             raise self._interrupted() from None
+        except OSError as e:
+            described = self._filesystem_fault(e)
+            if described is None:
+                raise
+            raise described from None
         finally:
             if self.dist.enabled and hasattr(self, "step"):
                 # The DDP wrapper must be gone before its process group: one destroyed later
@@ -370,6 +462,7 @@ class Trainer:
             if improved:
                 save_checkpoint(self.run.best, state)
             save_checkpoint(self.run.last, state)
+            self.run.step.unlink(missing_ok=True)  # that epoch's mid-way point is stale now
         self._emit("on_epoch_end", record)
         self.say(f"epoch {epoch}/{cfg.train.epochs}  loss {train['train_loss']:.4f}  train acc "
                   f"{train['train_acc']:.4f}  val acc {val['val_acc']:.4f}  lr {lr:.2e}  "
