@@ -230,7 +230,7 @@ class Trainer:
             mid, self.mid_epoch = self.mid_epoch, None
             first, seconds_before = mid["step"], mid["seconds"]
             aug_g.set_state(mid["rng"][self.dist.rank])
-            sums = mid["sums"].to(self.device)
+            sums = mid["sums"][self.dist.rank].to(self.device)
         bar = self._progress(self.steps_per_epoch, epoch)
         if bar is not None:
             bar.update(first)
@@ -283,10 +283,13 @@ class Trainer:
                    sums: torch.Tensor, seconds: float) -> None:
         """checkpoints/step.pt: everything needed to continue epoch ``epoch`` after
         ``steps_done`` batches as if never stopped (every process's generator state)."""
+        # per process: its augmentation generator and its shard's running sums
         rng = distributed.all_gather_object(aug_g.get_state(), self.dist)
+        sums = distributed.all_gather_object(sums.cpu(), self.dist)
         if self.is_main:
             save_checkpoint(self.run.step, self._state(epoch - 1, mid_epoch={
-                "epoch": epoch, "step": steps_done, "rng": rng, "sums": sums.cpu(),
+                "epoch": epoch, "step": steps_done, "lr": self.epoch_lr, "rng": rng,
+                "sums": sums,
                 "seconds": seconds, "world_size": self.dist.world_size}))
         distributed.barrier(self.dist)  # nobody exits before rank 0 has written it
 
@@ -433,7 +436,9 @@ class Trainer:
 
     def _fit_epoch(self, epoch: int, log: MetricsLog | None) -> None:
         cfg = self.config
-        lr = self.optimizer.param_groups[0]["lr"]
+        # the epoch's starting lr (a per-batch schedule moves it; step.pt keeps it)
+        lr = self.epoch_lr = (self.mid_epoch["lr"] if self.mid_epoch is not None
+                              else self.optimizer.param_groups[0]["lr"])
         train = self._train_epoch(epoch, log)
         # One model on every process: each then validates on the whole split and reaches the
         # same best-epoch decision (duplicated work, no extra exchange).
