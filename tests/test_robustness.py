@@ -117,7 +117,19 @@ CLI_CASES = [
      "already exists"),
     ("resume without checkpoint", lambda t, run, root: ["train", "--resume", str(_empty_run(t))],
      "has no checkpoints/last.pt"),
+    ("run.dir is a file", lambda t, run, root: [
+        "train", *set_args(quick_overrides(root, _a_file(t), 1, "x"))],
+     "is a file, not a folder"),
+    ("run.dir inside a file", lambda t, run, root: [
+        "train", *set_args(quick_overrides(root, _a_file(t) / "runs", 1, "x"))],
+     "is a file, not a folder (Not a directory)"),
 ]
+
+
+def _a_file(t: Path) -> Path:
+    p = t / "a_file"
+    p.write_text("not a folder")
+    return p
 
 
 def _bad_smallnorb(t: Path) -> Path:
