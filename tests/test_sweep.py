@@ -36,7 +36,7 @@ def test_expand_grid_bundles_and_seeds(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("grid:\n  train.epochz: [1, 2]\n", "did you mean train.epochs"),
-    ("seeds: [1]\n", "neither grid nor random"),
+    ("seeds: [1]\n", "neither grid, random nor search"),
     ("grid:\n  train.epochs: [1]\nwrokers: 2\n", "unknown key"),
     ("grid:\n  train.batch_size,optim.lr: [[16]]\n", "must be a list of 2 values"),
 ])

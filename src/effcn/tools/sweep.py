@@ -1,4 +1,5 @@
-"""``effcn sweep FILE.yaml``: grid or random search over config fields and seeds.
+"""``effcn sweep FILE.yaml``: grid or random search over config fields and seeds (a ``search:``
+section instead runs an Optuna study: tools/search.py).
 
 A sweep file::
 
@@ -38,7 +39,7 @@ from ..io import atomic_write_text
 from ..training.config import load_config, load_yaml
 from ..training.rundir import RunDir
 
-SWEEP_KEYS = {"base", "set", "grid", "random", "seeds", "workers", "dir", "metric"}
+SWEEP_KEYS = {"base", "set", "grid", "random", "search", "seeds", "workers", "dir", "metric"}
 
 
 @dataclass
@@ -56,9 +57,9 @@ def load_sweep(path: str | Path) -> dict:
     if unknown:
         raise ConfigError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}; valid "
                           f"keys are {', '.join(sorted(SWEEP_KEYS))}.")
-    if not spec.get("grid") and not spec.get("random"):
-        raise ConfigError(f"sweep file {path} has neither grid nor random; add the fields to "
-                          f"sweep, e.g. grid: {{train.recon_weight: [0, 0.392]}}.")
+    if not spec.get("grid") and not spec.get("random") and not spec.get("search"):
+        raise ConfigError(f"sweep file {path} has neither grid, random nor search; add the "
+                          f"fields to sweep, e.g. grid: {{train.recon_weight: [0, 0.392]}}.")
     spec.setdefault("set", [])
     spec.setdefault("seeds", [42])
     spec.setdefault("workers", 1)
@@ -68,6 +69,14 @@ def load_sweep(path: str | Path) -> dict:
         spec["base"] = str((path.parent / spec["base"]).resolve())
     if not isinstance(spec["workers"], int) or spec["workers"] < 1:
         raise ConfigError(f"sweep file {path}: workers must be a positive integer.")
+    if spec.get("search"):
+        from .search import check_search
+        check_search(spec, path)
+        params = spec["search"]["params"]
+        for key, dist in params.items():  # every field and value range checked as a config
+            for value in (dist.get("choice") or [v for k in ("uniform", "log_uniform", "int")
+                                                 for v in dist.get(k, [])]):
+                load_config(spec.get("base"), [*spec["set"], _override(key, value)])
     return spec
 
 
@@ -130,30 +139,36 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v).replace("/", "_").replace(os.sep, "_")
 
 
+def _override(key: str, value) -> str:
+    return f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+
+
 def overrides_for(spec: dict, run: SweepRun) -> list[str]:
-    return [*spec["set"], *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                            for k, v in run.params.items()),
+    return [*spec["set"], *(_override(k, v) for k, v in run.params.items()),
             f"train.seed={run.seed}", f"run.dir={spec['dir']}", f"run.name={run.name}",
             "train.progress=false"]
 
 
+def run_command(spec: dict, run: SweepRun) -> tuple[list[str], str]:
+    """The `effcn train` command of a run, and "trained" or "resumed": a run folder with a
+    resumable checkpoint is continued; one that never finished a step is started again."""
+    run_dir = RunDir(Path(spec["dir"]) / run.name)
+    cmd = [sys.executable, "-m", "effcn", "train", "--quiet"]
+    if run_dir.last.is_file() or run_dir.step.is_file():
+        return cmd + ["--resume", str(run_dir.path)], "resumed"
+    if run_dir.path.exists():  # started but nothing saved: nothing worth keeping
+        import shutil
+        shutil.rmtree(run_dir.path)
+    if spec.get("base"):
+        cmd += ["--config", spec["base"]]
+    return cmd + [a for o in overrides_for(spec, run) for a in ("--set", o)], "trained"
+
+
 def run_one(spec: dict, run: SweepRun, threads: int) -> tuple[SweepRun, str]:
     """Train one run in its own process (skipped if finished, resumed if interrupted)."""
-    run_dir = RunDir(Path(spec["dir"]) / run.name)
-    if run_dir.summary_path.is_file():
+    if RunDir(Path(spec["dir"]) / run.name).summary_path.is_file():
         return run, "skipped (finished)"
-    cmd = [sys.executable, "-m", "effcn", "train", "--quiet"]
-    if run_dir.last.is_file():
-        cmd += ["--resume", str(run_dir.path)]
-        status = "resumed"
-    else:
-        if run_dir.path.exists():  # started but no epoch finished: nothing worth keeping
-            import shutil
-            shutil.rmtree(run_dir.path)
-        if spec.get("base"):
-            cmd += ["--config", spec["base"]]
-        cmd += [a for o in overrides_for(spec, run) for a in ("--set", o)]
-        status = "trained"
+    cmd, status = run_command(spec, run)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -166,8 +181,16 @@ def run_sweep(path: str | Path, workers: int | None = None,
     """Run (or continue) a sweep and write its results; returns the results.md path and the
     names of the runs that failed (their rows stay empty; re-running the sweep retries them)."""
     spec = load_sweep(path)
-    runs = expand(spec)
     workers = workers or spec["workers"]
+    if spec.get("search"):
+        if dry_run:
+            print(f"sweep {path}: an Optuna study of {spec['search']['trials']} trials "
+                  f"({spec['search']['sampler']} sampler) over "
+                  f"{', '.join(spec['search']['params'])}; storage {spec['search']['storage']}")
+            return Path(spec["dir"]) / "results.md", []
+        from .search import run_search
+        return run_search(spec, workers)
+    runs = expand(spec)
     Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
     print(f"sweep {path}: {len(runs)} runs ({len(runs) // len(spec['seeds'])} settings x "
           f"{len(spec['seeds'])} seeds) in {spec['dir']}, {workers} worker(s)", flush=True)
