@@ -101,7 +101,8 @@ class ExportResult:
 
 def default_path(run_path: Path, checkpoint: Path, fmt: str) -> Path:
     """RUN/export/<checkpoint stem><suffix>, e.g. RUN/export/best.onnx."""
-    return run_path / "export" / f"{checkpoint.stem}{FORMATS[fmt]}"
+    from ..training.rundir import RunDir
+    return RunDir(run_path).export_dir / f"{checkpoint.stem}{FORMATS[fmt]}"
 
 
 def decoder_path(out: Path, fmt: str) -> Path:
