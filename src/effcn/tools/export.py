@@ -302,9 +302,10 @@ def _require_onnx() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise EffcnError(f"ONNX export needs the {', '.join(missing)} package"
-                         f"{'s' if len(missing) > 1 else ''}; install them with "
-                         f"pip install 'effcn[export]' (or use --format torchscript).")
+        many = len(missing) > 1
+        raise EffcnError(f"ONNX export needs the {', '.join(missing)} package{'s' * many}; "
+                         f"install {'them' if many else 'it'} with pip install "
+                         f"'effcn[export]' (or use --format torchscript).")
 
 
 # ------------------------------------------------------------------------------ helpers

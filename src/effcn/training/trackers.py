@@ -117,7 +117,7 @@ class WandbTracker(Callback):
             return
         if isinstance(error, Preempted) and hasattr(self.run, "mark_preempting"):
             self.run.mark_preempting()
-        self.run.finish(exit_code=getattr(error, "exit_status", 1))
+        self.run.finish(exit_code=_exit_code(error))
         self.run = None
 
 
@@ -214,6 +214,13 @@ class MlflowTracker(Callback):
         stopped = isinstance(error, (KeyboardInterrupt, Interrupted, Preempted))
         self.client.set_terminated(self.run_id, "KILLED" if stopped else "FAILED")
         self.run_id = None
+
+
+def _exit_code(error: BaseException) -> int:
+    """What the effcn command exits with for ``error``: 130 Ctrl-C, 143 preempted, 2, or 1."""
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return error.exit_status if isinstance(error, EffcnError) else 1
 
 
 def _is_file_store(uri: str) -> bool:
