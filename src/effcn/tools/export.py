@@ -63,7 +63,7 @@ class Decoder(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.decoder = model.decoder
+        self.decoder = copy.deepcopy(model.decoder)
 
     def forward(self, capsules: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return decode_masked(self.decoder, capsules, labels)
@@ -163,7 +163,8 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, images: torch.Tens
     """Export ``model`` (eval mode, CPU, fp32) as ``fmt`` to ``out`` and check it on ``images``
     (N, C, H, W) as the model takes them; with ``labels`` (N,) int64 also its decoder, to
     ``decoder_path(out)``, checked on the capsules of ``images``. Returns (classifier graph,
-    decoder graph or None); nothing is written for a graph beyond ``tolerance``."""
+    decoder graph or None). Both files are written only when every graph is within
+    ``tolerance``."""
     name = getattr(model, "model_name", type(model).__name__)
     _check_request(fmt, name, model if labels is not None else None)
     metadata = dict(metadata or {"model_name": name})
@@ -173,25 +174,27 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, images: torch.Tens
     names_out = ["class_lengths", "capsules"] if classifier.has_capsules else ["class_lengths"]
     with torch.no_grad():
         reference = classifier(images)
-    graph = exporter(classifier, (images,), ["images"], names_out, reference, out,
-                     {**metadata, "graph": "classifier"}, tolerance, name)
-    if labels is None:
-        return graph, None
-    module = Decoder(model).eval()
-    caps = reference[1]
-    with torch.no_grad():
-        dec_reference = (module(caps, labels),)
-    dec = exporter(module, (caps, labels), ["capsules", "labels"], ["reconstruction"],
-                   dec_reference, decoder_path(out, fmt),
-                   {**metadata, "graph": "decoder",
-                    "input": {"capsules": ["B", *caps.shape[1:]], "labels": ["B"]},
-                    "outputs": ["reconstruction"]}, tolerance, name)
-    return graph, dec
+    done = [exporter(classifier, (images,), ["images"], names_out, reference, out,
+                     {**metadata, "graph": "classifier"}, tolerance, name)]
+    if labels is not None:
+        module = Decoder(model).eval()
+        caps = reference[1]
+        with torch.no_grad():
+            dec_reference = (module(caps, labels),)
+        done.append(exporter(module, (caps, labels), ["capsules", "labels"],
+                             ["reconstruction"], dec_reference, decoder_path(out, fmt),
+                             {**metadata, "graph": "decoder",
+                              "input": {"capsules": ["B", *caps.shape[1:]], "labels": ["B"]},
+                              "outputs": ["reconstruction"]}, tolerance, name))
+    for graph, data in done:  # every graph passed its check: write them (atomically)
+        atomic_write_bytes(graph.path, data)
+    return done[0][0], (done[1][0] if len(done) > 1 else None)
 
 
 # ------------------------------------------------------------------------------ formats
 def _export_onnx(module, args, names_in, names_out, reference, out, metadata, tolerance,
-                 name) -> Graph:
+                 name) -> tuple[Graph, bytes]:
+    """The checked graph and the ONNX file's bytes (not written yet)."""
     import onnx
     import onnxruntime as ort
     batch = torch.export.Dim("batch")
@@ -221,12 +224,12 @@ def _export_onnx(module, args, names_in, names_out, reference, out, metadata, to
     graph = Graph(out, _shapes(names_in, args), _shapes(names_out, reference), diff, n,
                   f"onnxruntime {ort.__version__}")
     _check(graph, tolerance, name)
-    atomic_write_bytes(out, data)
-    return graph
+    return graph, data
 
 
 def _export_torchscript(module, args, names_in, names_out, reference, out, metadata, tolerance,
-                        name) -> Graph:
+                        name) -> tuple[Graph, bytes]:
+    """The checked graph and the TorchScript file's bytes (not written yet)."""
     with _quiet(), torch.no_grad():
         try:
             traced = torch.jit.trace(module, args, check_trace=False)
@@ -249,8 +252,7 @@ def _export_torchscript(module, args, names_in, names_out, reference, out, metad
     graph = Graph(out, _shapes(names_in, args), _shapes(names_out, reference), diff, n,
                   "torch.jit.load")
     _check(graph, tolerance, name)
-    atomic_write_bytes(out, data)
-    return graph
+    return graph, data
 
 
 # ---------------------------------------------------------------------------- checking
@@ -279,8 +281,9 @@ def _check(graph: Graph, tolerance: float, name: str) -> None:
     if not graph.max_abs_diff <= tolerance:  # also catches NaN
         raise EffcnError(f"the exported {name} differs from PyTorch by up to "
                          f"{graph.max_abs_diff:.3g} (max abs, {graph.checked_on} images, "
-                         f"{graph.runtime}), more than the tolerance {tolerance:g}, so nothing "
-                         f"was written to {graph.path}; report this, or try the other --format.")
+                         f"{graph.runtime}, {graph.path.name}), more than the tolerance "
+                         f"{tolerance:g}, so nothing was written; report this, or try the "
+                         f"other --format.")
 
 
 def _check_request(fmt: str, name: str, decoder_of: Optional[nn.Module]) -> None:
