@@ -50,9 +50,25 @@ def wandb_records(path: Path):
             parts += chunk
 
 
-def read_wandb_run(folder: Path) -> dict:
+def read_wandb_run(folder: Path, timeout: float = 30.0) -> dict:
     """{"run": RunRecord, "config": {...}, "history": [row, ...], "summary": {...}, "exit": code}
-    of an offline run folder."""
+    of an offline run folder, once its exit record is on disk: W&B's core process may still be
+    writing the file when run.finish() has returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out = _parse_wandb_run(folder)
+            if "run" in out and out["exit"] is not None:
+                return out
+        except Exception:  # a chunk half written: read again
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _parse_wandb_run(folder: Path) -> dict:
     (path,) = folder.glob("run-*.wandb")
     out = {"config": {}, "history": [], "summary": {}, "exit": None}
     for r in wandb_records(path):
