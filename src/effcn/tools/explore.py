@@ -75,7 +75,7 @@ def display_u8(images: torch.Tensor) -> torch.Tensor:
 def build_payload(model, state: dict, config, arrays: dict, labels: torch.Tensor,
                   run_name: str, checkpoint: str, summary: dict) -> dict:
     """Everything the page shows, as JSON-ready data (arrays base64-encoded)."""
-    from .. import __version__
+    from .._version import __version__
     from ..analysis.decoder_export import export_decoder
     from ..analysis.probe import model_label
     n_classes, caps_dim = arrays["capsules"].shape[1:]

@@ -322,7 +322,7 @@
       const fill = el('div', { class: 'fill', style: 'height:' + (v * 100) + '%' });
       if (top.indexOf(j) >= 0) fill.style.background = SLOT_COLORS[top.indexOf(j)];
       bar.appendChild(el('div', { class: 'num', text: fmt(v, 2),
-        style: 'bottom:calc(' + (v * 100) + '% + 2px)' }));
+        style: 'bottom:calc(' + (v * 100) + '% + 5px)' }));
       bar.appendChild(fill);
       bar.appendChild(el('div', { class: 'name', text: names[j] }));
       if (truth.indexOf(j) >= 0) bar.appendChild(el('div', { class: 'truth', text: '▲ true' }));
