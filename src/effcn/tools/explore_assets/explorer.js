@@ -164,7 +164,10 @@
     (children || []).forEach(function (c) { if (c) e.appendChild(c); });
     return e;
   }
-  const fmt = function (v, n) { return v.toFixed(n === undefined ? 3 : n); };
+  const fmt = function (v, n) {  // fixed decimals, never "-0.000"
+    const s = v.toFixed(n === undefined ? 3 : n);
+    return /^-0\.?0*$/.test(s) ? s.slice(1) : s;
+  };
   const len = function (i, j) { return lengths.data[i * K + j]; };
   const labelsOf = function (i) { return Array.from(labels.data.slice(i * L, (i + 1) * L)); };
   const topOf = function (i) { return Array.from(decodedTop.data.slice(i * NS, (i + 1) * NS)); };
@@ -356,7 +359,7 @@
     vmax = Math.max(vmax, 2 / nOut);  // uniform routing (1 / nOut) stays mid-scale
     const labelW = 10 + 7 * Math.max.apply(null, names.map(function (n) { return n.length; })) + 8;
     const avail = Math.max(240, (box.clientWidth || 460) - labelW - 4);
-    const cw = Math.max(1, Math.min(26, Math.floor(avail / nIn)));
+    const cw = avail / nIn >= 1 ? Math.min(26, Math.floor(avail / nIn)) : avail / nIn;
     const ch = Math.max(8, Math.min(20, Math.floor(230 / nOut)));
     const axisH = 30, cssW = labelW + cw * nIn, cssH = ch * nOut + axisH;
     const dpr = window.devicePixelRatio || 1;
