@@ -1,5 +1,5 @@
-"""The ``effcn`` command line: train, eval, ensemble, predict, datasets, models, visualize, runs,
-compare, sweep, import-keras, bench.
+"""The ``effcn`` command line: train, eval, ensemble, predict, datasets, models, visualize,
+explore, runs, compare, sweep, import-keras, bench.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images for the routing statistics (default 2000)")
     p.add_argument("--out", help="output folder (default RUN/figures)")
     p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("explore", help="write one self-contained HTML page to look inside a run: "
+                                       "images, capsule lengths, routing, live decoding")
+    p.add_argument("run", help="run directory (or a checkpoint .pt inside one)")
+    p.add_argument("--out", metavar="FILE.html", help="where to write (default "
+                                                     "RUN/figures/explorer.html)")
+    p.add_argument("--images", type=int, default=64,
+                   help="validation images to pick from (default 64)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("runs", help="list the runs under a folder as a table")
     p.add_argument("dir", nargs="?", default="runs", help="folder holding runs (default runs/)")
@@ -340,6 +350,13 @@ def cmd_visualize(args) -> int:
     for path in visualize_run(args.run, kinds, epoch=args.epoch, n_images=args.images,
                               out_dir=args.out):
         print(f"written: {path}")
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from .tools.explore import explore_run
+    path = explore_run(args.run, out=args.out, n_images=args.images, checkpoint=args.checkpoint)
+    print(f"written: {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
 
