@@ -51,12 +51,12 @@ def test_train_eval_predict_end_to_end(synthetic_root, tmp_path):
     env = json.loads((run / "env.json").read_text())
     assert "torch" in env and len(env["resumes"]) == 1
 
-    # bad predict inputs: wrong size, not an image
+    # bad predict inputs: wrong size (when asked to take files as they are), not an image
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
     (tmp_path / "notes.png").write_text("not an image")
     for bad, msg in (("big.png", "is 32x32 pixels but the model takes 28x28"),
                      ("notes.png", "is not a readable image")):
-        r = effcn("predict", str(run), str(tmp_path / bad))
+        r = effcn("predict", str(run), str(tmp_path / bad), "--no-preprocess")
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
 
 

@@ -1,5 +1,5 @@
 """The ``effcn`` command line: train, eval, ensemble, predict, export, datasets, models, visualize,
-runs, compare, sweep, import-keras, bench.
+explore, runs, compare, sweep, import-keras, bench.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -57,10 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run", help="run directory or checkpoint .pt")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) of the model's size")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...): any size, colour "
+                   "or greyscale, light or dark background")
     p.add_argument("--checkpoint", default="best", help="best | last | path to a .pt file")
+    p.add_argument("--preprocess", choices=("auto", "mnist", "resize", "none"), default="auto",
+                   help="mnist: detect polarity, crop to the ink, fit into 20x20, centre by mass "
+                   "in 28x28 (as MNIST was made); resize: only resize; none: the file must be "
+                   "the model's size; auto (default): mnist for runs trained on digits, else "
+                   "resize")
+    p.add_argument("--no-preprocess", dest="preprocess", action="store_const", const="none",
+                   help="same as --preprocess none: take each file exactly as the model sees it")
     p.add_argument("--invert", action="store_true",
-                   help="invert intensities (for dark digits on a light background)")
+                   help="dark ink on a light background (detected by --preprocess mnist; "
+                   "needed with none and resize)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(func=cmd_predict)
 
@@ -111,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images for the routing statistics (default 2000)")
     p.add_argument("--out", help="output folder (default RUN/figures)")
     p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("explore", help="write one self-contained HTML page to look inside a run: "
+                                       "images, capsule lengths, routing, live decoding")
+    p.add_argument("run", help="run directory (or a checkpoint .pt inside one)")
+    p.add_argument("--out", metavar="FILE.html", help="where to write (default "
+                                                     "RUN/figures/explorer.html)")
+    p.add_argument("--images", type=int, default=64,
+                   help="validation images to pick from (default 64)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("runs", help="list the runs under a folder as a table")
     p.add_argument("dir", nargs="?", default="runs", help="folder holding runs (default runs/)")
@@ -244,6 +263,10 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+# Runs on these datasets get MNIST-style preprocessing in `effcn predict --preprocess auto`.
+DIGIT_DATASETS = ("mnist", "idx", "mnist40", "affnist")
+
+
 def cmd_predict(args) -> int:
     import torch
 
@@ -262,7 +285,13 @@ def cmd_predict(args) -> int:
                          f"through the {augment!r} evaluation preprocessing first; use "
                          f"effcn eval on the dataset instead.")
     names = state.get("class_names") or [str(i) for i in range(cfg.num_classes)]
-    batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels, invert=args.invert)
+    preprocess = args.preprocess
+    if preprocess == "auto":
+        dataset = state.get("config", {}).get("data", {}).get("dataset", "")
+        preprocess = ("mnist" if dataset in DIGIT_DATASETS and cfg.in_channels == 1
+                      and cfg.image_size >= 28 else "resize")
+    batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels,
+                                    invert=True if args.invert else None, preprocess=preprocess)
                          for p in args.images])
     # as the run's data were scaled (the authors' MNIST: x / 256, so 255 -> 0.996)
     batch = batch * (255.0 / state.get("config", {}).get("data", {}).get("pixel_divisor", 255.0))
@@ -358,6 +387,13 @@ def cmd_visualize(args) -> int:
     for path in visualize_run(args.run, kinds, epoch=args.epoch, n_images=args.images,
                               out_dir=args.out):
         print(f"written: {path}")
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from .tools.explore import explore_run
+    path = explore_run(args.run, out=args.out, n_images=args.images, checkpoint=args.checkpoint)
+    print(f"written: {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
 

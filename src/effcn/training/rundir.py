@@ -9,7 +9,7 @@
                              step.pt (mid-epoch, resumable: SIGTERM, run.checkpoint_every_steps)
       eval/                  <split>_<checkpoint>.json, one report per `effcn eval`
       recon/                 fixed_images.npz, reconstruction grids, their GIF (run.recon_every)
-      figures/               effcn visualize output
+      figures/               effcn visualize output, effcn explore's explorer.html
       tensorboard/           TensorBoard events (run.tensorboard)
       trackers.json          the W&B / MLflow run ids (run.wandb, run.mlflow), continued on resume
       wandb/                 W&B's own files (run.wandb, unless WANDB_DIR is set)
