@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FinishedRun, quick_overrides, snapshot, write_synthetic_idx
+from helpers import (FinishedRun, chromium_missing, quick_overrides, snapshot, start_chromium,
+                     write_synthetic_idx)
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +72,15 @@ def small_tmpfs(tmp_path):
     yield mount
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium (a selenium driver) for the session's browser tests; they are
+    skipped, saying what to install, where chromium, chromedriver or selenium is missing."""
+    missing = chromium_missing()
+    if missing:
+        pytest.skip(f"browser test needs headless Chromium: {missing}")
+    driver = start_chromium()
+    yield driver
+    driver.quit()

@@ -216,6 +216,29 @@ def quick_overrides(root: Path, run_dir: Path, epochs: int = 2, name: str = "qui
             "optim.lr=0.003", f"run.dir={run_dir}", f"run.name={name}", "train.device=cpu"]
 
 
+def write_untrained_run(run_dir: Path, data_root: Path, model: str, overrides: list[str] = (),
+                        seed: int = 0, **model_args) -> Path:
+    """A run directory as training leaves it after epoch 1 (config.yaml, checkpoints/best.pt and
+    last.pt), holding an untrained ``model`` (a registered name, its config changed by
+    ``model_args``) on ``data_root``: for tools that read a finished run, without training."""
+    import torch
+
+    from effcn.models import create_model
+    from effcn.training.checkpoint import checkpoint_state, save_checkpoint
+    from effcn.training.config import load_config, save_yaml
+    config = load_config(None, quick_overrides(data_root, run_dir.parent, epochs=1,
+                                               name=run_dir.name) + list(overrides))
+    config.model.name, config.model.args = model, dict(model_args)
+    torch.manual_seed(seed)
+    net = create_model(model, **model_args)
+    state = checkpoint_state(net, config, epoch=1,
+                             class_names=[str(i) for i in range(net.config.num_classes)])
+    for name in ("best.pt", "last.pt"):
+        save_checkpoint(run_dir / "checkpoints" / name, state)
+    save_yaml(config.to_dict(), run_dir / "config.yaml")
+    return run_dir
+
+
 class FinishedRun(NamedTuple):
     """A finished training run: its folder, its config, what fit() returned, its data folder."""
     path: Path
@@ -267,3 +290,38 @@ def assert_one_sentence_error(code: int, stderr: str, message: str) -> None:
 def remount_readonly(where: Path) -> None:
     """Make a tmpfs from the ``small_tmpfs`` fixture read-only (the files stay readable)."""
     subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+
+# ------------------------------------------------------------------ headless Chromium
+CHROMIUM_INSTALL = ("apt-get install chromium chromium-driver (Debian; other systems: Chrome and "
+                    "its chromedriver) and pip install selenium")
+
+
+def chromium_missing() -> str | None:
+    """Why headless Chromium cannot run here (the browser, its driver or selenium missing),
+    or None when it can."""
+    import importlib.util
+    import shutil
+    if importlib.util.find_spec("selenium") is None:
+        return f"selenium is not installed ({CHROMIUM_INSTALL})"
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        return f"no chromium on PATH ({CHROMIUM_INSTALL})"
+    if not shutil.which("chromedriver"):
+        return f"no chromedriver on PATH ({CHROMIUM_INSTALL})"
+    return None
+
+
+def start_chromium(width: int = 1400, height: int = 900):
+    """A selenium driver of headless Chromium that keeps the console log and the network log."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--hide-scrollbars", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    options.binary_location = next(shutil.which(b) for b in ("chromium", "chromium-browser",
+                                                             "google-chrome") if shutil.which(b))
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)

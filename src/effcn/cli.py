@@ -1,5 +1,5 @@
-"""The ``effcn`` command line: train, eval, ensemble, predict, datasets, models, visualize, runs,
-compare, sweep, import-keras, bench.
+"""The ``effcn`` command line: train, eval, ensemble, predict, export, datasets, models, visualize,
+explore, runs, compare, sweep, import-keras, bench.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -73,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="export a run's classifier (and decoder) as ONNX or "
+                                      "TorchScript, checked against PyTorch")
+    p.add_argument("run", help="run directory (or a checkpoint .pt inside one)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--out", metavar="FILE", help="output file (default RUN/export/<checkpoint>"
+                                                 ".onnx or .torchscript.pt)")
+    p.add_argument("--checkpoint", default="best", help="best | last | path to a .pt file")
+    p.add_argument("--decoder", action="store_true",
+                   help="also export the decoder (capsules + labels -> reconstruction) into "
+                        "FILE_decoder.onnx / .torchscript.pt")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="images the graph is checked on (default test)")
+    p.add_argument("--images", type=int, default=64, help="how many (default 64)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest max-abs difference to PyTorch accepted (default 1e-4)")
+    _add_set(p)
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("datasets", help="list known datasets, where they are looked for, found or not")
     p.add_argument("--root", help="also look under this folder (as data.root would)")
     p.set_defaults(func=cmd_datasets)
@@ -102,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images for the routing statistics (default 2000)")
     p.add_argument("--out", help="output folder (default RUN/figures)")
     p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("explore", help="write one self-contained HTML page to look inside a run: "
+                                       "images, capsule lengths, routing, live decoding")
+    p.add_argument("run", help="run directory (or a checkpoint .pt inside one)")
+    p.add_argument("--out", metavar="FILE.html", help="where to write (default "
+                                                     "RUN/figures/explorer.html)")
+    p.add_argument("--images", type=int, default=64,
+                   help="validation images to pick from (default 64)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("runs", help="list the runs under a folder as a table")
     p.add_argument("dir", nargs="?", default="runs", help="folder holding runs (default runs/)")
@@ -282,6 +310,25 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .tools.export import export_run
+    r = export_run(args.run, args.format, args.out, args.checkpoint, args.decoder, args.split,
+                   args.images, args.tolerance, args.overrides)
+
+    def shapes(d):
+        return ", ".join(f"{k} ({', '.join(str(v) for v in s)}{',' if len(s) == 1 else ''})"
+                         for k, s in d.items())
+
+    print(f"{r.model_name}, epoch {r.epoch}, {r.weights} weights of {r.checkpoint}; "
+          f"images: {r.scaling}")
+    for g in r.graphs:
+        print(f"written: {g.path}: {shapes(g.inputs)} -> {shapes(g.outputs)}")
+        print(f"  checked with {g.runtime} on {g.checked_on} {r.split} images (one batch, and "
+              f"the first alone): max abs difference {g.max_abs_diff:.2e} (tolerance "
+              f"{r.tolerance:g})")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data import describe_datasets
     rows = describe_datasets(args.root)
@@ -340,6 +387,13 @@ def cmd_visualize(args) -> int:
     for path in visualize_run(args.run, kinds, epoch=args.epoch, n_images=args.images,
                               out_dir=args.out):
         print(f"written: {path}")
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from .tools.explore import explore_run
+    path = explore_run(args.run, out=args.out, n_images=args.images, checkpoint=args.checkpoint)
+    print(f"written: {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
 

@@ -1,1 +1,1 @@
-"""Tools built on the library: bench, compare, runs, sweep, visualize, import_keras."""
+"""Tools built on the library: bench, compare, runs, sweep, visualize, import_keras, export."""

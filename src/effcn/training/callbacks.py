@@ -6,33 +6,25 @@
                             hparams with the final metrics)
     run.checkpoint_every=N  EpochCheckpoints: RUN/checkpoints/epoch_NNN.pt (weights and config only)
                             for effcn visualize --epoch and routing across epochs
+    run.wandb=true          WandbTracker, run.mlflow=URI MlflowTracker (trackers.py): the same
+                            scalars and grids, the config and the summary, in W&B / MLflow
 
 Each imports its optional dependency when training starts, so a missing extra fails before the
-first epoch, not after it. A callback knows the trainer only by the attributes it reads (run,
-config, model, val_x, val_y, steps_per_epoch, class_names, say). The figure callbacks import
-effcn.analysis lazily, inside their methods: the one place where training reaches up a layer.
+first epoch, not after it. A callback (the interface: hooks.py) knows the trainer only by the
+attributes it reads (run, config, model, val_x, val_y, steps_per_epoch, class_names, say). The
+figure callbacks import effcn.analysis lazily, inside their methods: the one place where
+training reaches up a layer.
 """
 
 from __future__ import annotations
 
 from ..errors import ConfigError, EffcnError
 from .checkpoint import checkpoint_state, save_checkpoint
+from .hooks import BATCH_SCALARS, Callback, epoch_scalars, global_step
+from .trackers import trackers_from_config
 
-
-class Callback:
-    """Hooks into the training loop (figures, TensorBoard, trackers); every method is optional.
-
-    ``trainer`` is the running Trainer; callbacks read its public attributes only.
-    """
-
-    def on_fit_start(self, trainer) -> None: ...
-
-    def on_batches(self, trainer, records: list[dict]) -> None:
-        """Called each time batch records are flushed (every train.log_every batches)."""
-
-    def on_epoch_end(self, trainer, record: dict) -> None: ...
-
-    def on_fit_end(self, trainer, summary: dict) -> None: ...
+__all__ = ["Callback", "ReconstructionGrids", "TensorBoardLogger", "EpochCheckpoints",
+           "callbacks_from_config"]
 
 
 def _due(epoch: int, every: int, last: int) -> bool:
@@ -117,15 +109,14 @@ class TensorBoardLogger(Callback):
 
     def on_batches(self, trainer, records: list[dict]) -> None:
         for r in records:
-            step = (r["epoch"] - 1) * self.steps_per_epoch + r["step"]
-            for key in ("loss", "margin", "recon", "acc", "lr"):
+            step = global_step(r, self.steps_per_epoch)
+            for key in BATCH_SCALARS:
                 self.writer.add_scalar(f"batch/{key}", r[key], step)
 
     def on_epoch_end(self, trainer, record: dict) -> None:
         epoch, w = record["epoch"], self.writer
-        for key, value in record.items():
-            if key not in ("kind", "epoch") and isinstance(value, (int, float)):
-                w.add_scalar(f"epoch/{key}", value, epoch)
+        for key, value in epoch_scalars(record).items():
+            w.add_scalar(f"epoch/{key}", value, epoch)
         grid = self.grids.grid(trainer, epoch)
         if grid is not None:
             w.add_image("reconstructions", grid, epoch,
@@ -171,10 +162,11 @@ def callbacks_from_config(config) -> list[Callback]:
     """The callbacks that ``config.run`` switches on, in the order they must run."""
     run, callbacks = config.run, []
     grids = ReconstructionGrids(run.recon_every)
-    if run.recon_every or run.tensorboard:
-        callbacks.append(grids)
+    if run.recon_every or run.tensorboard or run.wandb or run.mlflow:
+        callbacks.append(grids)  # first: the loggers below draw its grids
     if run.tensorboard:
         callbacks.append(TensorBoardLogger(grids))
+    callbacks += trackers_from_config(config, grids)
     if run.checkpoint_every:
         callbacks.append(EpochCheckpoints(run.checkpoint_every))
     return callbacks

@@ -102,6 +102,13 @@ class RunSection:
     recon_every: int = 0                    # >0: save a reconstruction grid every N epochs (+ GIF)
     checkpoint_every: int = 0               # >0: keep checkpoints/epoch_NNN.pt every N epochs
     checkpoint_every_steps: int = 0         # >0: a resumable checkpoints/step.pt every N batches
+    # Experiment trackers (training/trackers.py), each an optional extra:
+    wandb: bool = False                     # log to Weights & Biases (WANDB_MODE=offline works)
+    wandb_project: str = "effcn"
+    wandb_name: str = ""                    # the W&B run's name; default: the run directory's
+    wandb_tags: tuple = ()                  # e.g. [mnist, baseline]
+    mlflow: str = ""                        # MLflow tracking URI, e.g. file:///path/mlruns; "": off
+    mlflow_experiment: str = "effcn"        # the MLflow experiment (created when missing)
 
 
 @dataclass
@@ -304,6 +311,7 @@ def validate(config: Config) -> None:
                                               config.train.device.startswith("cuda")):
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got "
                           f"{config.train.device!r}.")
+    _validate_trackers(config)
     _validate_data(config)
     from ..models import default_config  # validates the model name, then its args
     preset = default_config(config.model.name)
@@ -320,6 +328,20 @@ def validate(config: Config) -> None:
         dataclasses.replace(preset, **config.model.args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.args do not make a valid {config.model.name}: {e}.") from None
+
+
+def _validate_trackers(config: Config) -> None:
+    """W&B tags are non-empty strings of at most 64 characters; names are never empty."""
+    run = config.run
+    run.wandb_tags = tuple(str(t) for t in run.wandb_tags)
+    bad = [t for t in run.wandb_tags if not t.strip() or len(t) > 64]
+    if bad:
+        raise ConfigError(f"run.wandb_tags must be non-empty tags of at most 64 characters, got "
+                          f"{bad[0]!r}; fix the tag.")
+    if run.wandb and not run.wandb_project.strip():
+        raise ConfigError("run.wandb=true needs a run.wandb_project; set one (default effcn).")
+    if run.mlflow and not run.mlflow_experiment.strip():
+        raise ConfigError("run.mlflow needs a run.mlflow_experiment; set one (default effcn).")
 
 
 def _validate_data(config: Config) -> None:

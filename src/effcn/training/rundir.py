@@ -9,8 +9,11 @@
                              step.pt (mid-epoch, resumable: SIGTERM, run.checkpoint_every_steps)
       eval/                  <split>_<checkpoint>.json, one report per `effcn eval`
       recon/                 fixed_images.npz, reconstruction grids, their GIF (run.recon_every)
-      figures/               effcn visualize output
+      figures/               effcn visualize output, effcn explore's explorer.html
       tensorboard/           TensorBoard events (run.tensorboard)
+      trackers.json          the W&B / MLflow run ids (run.wandb, run.mlflow), continued on resume
+      wandb/                 W&B's own files (run.wandb, unless WANDB_DIR is set)
+      export/                effcn export output (ONNX, TorchScript)
 
 Training writes summary.json; evaluation writes only its own reports under eval/.
 """
@@ -133,6 +136,15 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def trackers_path(self) -> Path:
+        """{"wandb": {...}, "mlflow": {...}}: the tracker runs this run logs to."""
+        return self.path / "trackers.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
 
     @property
     def eval_dir(self) -> Path:

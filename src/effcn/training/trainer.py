@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -388,9 +389,13 @@ class Trainer:
                         and not any(self.run_dir.iterdir()):
                     self.run_dir.rmdir()
                 raise
-            with self.stop_signals:
-                train_seconds = self._fit_epochs()
-            summary = self.finish(train_seconds) if self.is_main else None
+            try:
+                with self.stop_signals:
+                    train_seconds = self._fit_epochs()
+                summary = self.finish(train_seconds) if self.is_main else None
+            except BaseException as e:
+                self._emit_exception(e)
+                raise
             return distributed.broadcast_object(summary, self.dist)
         except KeyboardInterrupt:
             raise self._interrupted() from None
@@ -425,6 +430,7 @@ class Trainer:
                   f"{'digits' if self.task.name == 'multimnist' else 'images'}, device "
                   f"{self.device}, {self.precision})")
         t_start = time.perf_counter()
+        self._callbacks_started = True  # from here on a failure reaches on_exception
         self._emit("on_fit_start")
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
@@ -535,6 +541,19 @@ class Trainer:
     def _emit(self, event: str, *args) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
+
+    def _emit_exception(self, error: BaseException) -> None:
+        """on_exception for every callback once fit() fails after on_fit_start; a callback that
+        fails there is reported, never hides the error itself."""
+        if not getattr(self, "_callbacks_started", False):
+            return
+        self._callbacks_started = False
+        for cb in self.callbacks:
+            try:
+                cb.on_exception(self, error)
+            except Exception as e:  # noqa: BLE001 -- the original error is what matters
+                print(f"effcn: {type(cb).__name__} could not close after the error "
+                      f"({type(e).__name__}: {e})", file=sys.stderr)
 
     def say(self, msg: str) -> None:
         """Print a line of progress (nothing when quiet, or on ranks other than 0)."""
