@@ -29,7 +29,8 @@ def load_curves(metrics_path: str | Path) -> dict:
     for key in ("loss", "margin", "recon", "acc", "lr"):
         curves[f"batch_{key}"] = col(batches, key)
     for key in ("train_loss", "train_margin", "train_recon", "train_acc", "val_loss",
-                "val_margin", "val_recon", "val_acc", "lr", "train_images_per_s"):
+                "val_margin", "val_recon", "val_acc", "lr", "train_images_per_s",
+                "epoch_seconds", "test_acc"):  # test_acc: only with train.monitor_test
         curves[f"epoch_{key}"] = col(epochs, key)
     return curves
 
@@ -89,5 +90,31 @@ def plot_training_curves(curves: dict, title: str = ""):
         a.set_xlabel("epoch")
         a.grid(alpha=0.3)
     fig.suptitle(title or "training curves")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_comparison(runs: dict, title: str = ""):
+    """Validation (solid) and, where the run monitored it, test (dashed) accuracy of several
+    runs, per epoch and per hour of training. ``runs``: {label: load_curves(...) result}."""
+    from .imageio import pyplot
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for i, (label, c) in enumerate(runs.items()):
+        hours = np.cumsum(np.nan_to_num(c["epoch_epoch_seconds"])) / 3600
+        for ax, x in zip(axes, (c["epoch_x"], hours)):
+            ax.plot(x, 100 * c["epoch_val_acc"], "o-", ms=3, color=f"C{i}",
+                    label=f"{label}: validation")
+            if np.isfinite(c["epoch_test_acc"]).any():
+                ax.plot(x, 100 * c["epoch_test_acc"], "s--", ms=3, color=f"C{i}", alpha=0.7,
+                        label=f"{label}: test (monitored, never selects)")
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("hours of training")
+    axes[0].set_ylabel("accuracy (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -41,6 +41,7 @@ from ..errors import ConfigError, EffcnError
 from ..io import atomic_write_text, write_json
 from ..training.metrics import read_metrics
 from ..training.rundir import RunDir
+from .sweep_runs import SweepRun, format_value, run_command
 
 SEARCH_KEYS = {"sampler", "trials", "params", "pruner", "storage", "study", "seed",
                "startup_trials", "warmup_epochs", "heartbeat_interval", "grace_period",
@@ -200,7 +201,6 @@ def train_trial(spec: dict, trial, threads: int) -> float:
     """Train the trial's run in a child process; report each epoch's val_acc; prune it with
     SIGTERM when the pruner says so. Returns the run's best validation accuracy."""
     optuna = _optuna()
-    from .sweep import SweepRun, run_command
     params = suggest(trial, spec["search"]["params"])
     # A retry of a failed trial inherits its user attributes: it continues the same folder.
     name = trial.user_attrs.get("run") or f"t{trial.number:03d}-seed{spec['seeds'][0]}"
@@ -281,7 +281,6 @@ def run_search(spec: dict, workers: int) -> tuple[Path, list[str]]:
 def write_search_results(spec: dict, study) -> Path:
     """results.csv (one row per trial), results.md (trials by validation accuracy, parameter
     importances when there are enough) and results.png (best so far by trial)."""
-    from .sweep import _fmt
     out = Path(spec["dir"])
     keys = list(spec["search"]["params"])
     rows = []
@@ -309,7 +308,7 @@ def write_search_results(spec: dict, study) -> Path:
                                  "train s"]) + " |", "|" + "---|" * (len(keys) + 6)]
     for r in by_value:
         md.append("| " + " | ".join([str(r["trial"]), r["state"],
-                                     *(_fmt(r.get(k)) for k in keys), str(r["epochs"]),
+                                     *(format_value(r.get(k)) for k in keys), str(r["epochs"]),
                                      _pct(r["best_val_acc"]), _pct(r["test_acc"]),
                                      "—" if r["train_seconds"] is None
                                      else f"{r['train_seconds']:.0f}"]) + " |")

@@ -23,30 +23,21 @@ per run), results.md (mean +- sample std over seeds, with n) and a plot of the m
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import statistics
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..training.config import load_config, load_yaml
 from ..training.rundir import RunDir
+from .sweep_runs import SweepRun, format_value, override, overrides_for, run_command
 
 SWEEP_KEYS = {"base", "set", "grid", "random", "search", "seeds", "workers", "dir", "metric"}
-
-
-@dataclass
-class SweepRun:
-    name: str                 # run directory name
-    params: dict              # swept key -> value
-    seed: int
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -76,7 +67,7 @@ def load_sweep(path: str | Path) -> dict:
         for key, dist in params.items():  # every field and value range checked as a config
             for value in (dist.get("choice") or [v for k in ("uniform", "log_uniform", "int")
                                                  for v in dist.get(k, [])]):
-                load_config(spec.get("base"), [*spec["set"], _override(key, value)])
+                load_config(spec.get("base"), [*spec["set"], override(key, value)])
     return spec
 
 
@@ -101,7 +92,7 @@ def expand(spec: dict) -> list[SweepRun]:
     runs = []
     for prefix, params in zip(prefixes, combos):
         for seed in spec["seeds"]:
-            label = "-".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
+            label = "-".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in params.items())
             runs.append(SweepRun(f"{prefix}{label or 'base'}-seed{seed}", params, int(seed)))
             load_config(spec.get("base"), overrides_for(spec, runs[-1]))  # fail early
     names = [r.name for r in runs]
@@ -132,36 +123,6 @@ def _random_combos(rand: dict, grid: list[dict]) -> tuple[list[dict], list[str]]
         out += [{**g, **sample} for g in grid]
         prefixes += [f"r{i}-"] * len(grid)
     return out, prefixes
-
-
-def _fmt(v) -> str:
-    """A value as it appears in run names and tables (path separators would nest folders)."""
-    return f"{v:.3g}" if isinstance(v, float) else str(v).replace("/", "_").replace(os.sep, "_")
-
-
-def _override(key: str, value) -> str:
-    return f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
-
-
-def overrides_for(spec: dict, run: SweepRun) -> list[str]:
-    return [*spec["set"], *(_override(k, v) for k, v in run.params.items()),
-            f"train.seed={run.seed}", f"run.dir={spec['dir']}", f"run.name={run.name}",
-            "train.progress=false"]
-
-
-def run_command(spec: dict, run: SweepRun) -> tuple[list[str], str]:
-    """The `effcn train` command of a run, and "trained" or "resumed": a run folder with a
-    resumable checkpoint is continued; one that never finished a step is started again."""
-    run_dir = RunDir(Path(spec["dir"]) / run.name)
-    cmd = [sys.executable, "-m", "effcn", "train", "--quiet"]
-    if run_dir.last.is_file() or run_dir.step.is_file():
-        return cmd + ["--resume", str(run_dir.path)], "resumed"
-    if run_dir.path.exists():  # started but nothing saved: nothing worth keeping
-        import shutil
-        shutil.rmtree(run_dir.path)
-    if spec.get("base"):
-        cmd += ["--config", spec["base"]]
-    return cmd + [a for o in overrides_for(spec, run) for a in ("--set", o)], "trained"
 
 
 def run_one(spec: dict, run: SweepRun, threads: int) -> tuple[SweepRun, str]:
@@ -245,7 +206,7 @@ def write_results(spec: dict, runs: list[SweepRun]) -> Path:
             cells.append(_mean_std(xs, kind="acc" if m.endswith("acc") else
                                    "seconds" if m.endswith("seconds") else "value"))
         n = len(stats["test_acc"])
-        md.append("| " + " | ".join([*map(_fmt, values), str(n), *cells]) + " |")
+        md.append("| " + " | ".join([*map(format_value, values), str(n), *cells]) + " |")
         table.append((values, stats[spec["metric"]]))
     atomic_write_text(out / "results.md", "\n".join(md) + "\n")
     _plot(out / "results.png", keys, table, spec["metric"])
@@ -288,10 +249,10 @@ def _plot(path: Path, keys: list, table: list, metric: str) -> None:
         points.sort(key=lambda p: order(p[0]))
         means = [statistics.fmean(p[1]) for p in points]
         errs = [statistics.stdev(p[1]) if len(p[1]) > 1 else 0 for p in points]
-        name = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(keys[1:], rest)) or metric
+        name = ", ".join(f"{k}={format_value(v)}" for k, v in zip(keys[1:], rest)) or metric
         ax.errorbar([position[p[0]] for p in points], means, yerr=errs, marker="o", capsize=3,
                     label=name)
-    ax.set_xticks(range(len(xvalues)), [_fmt(v) for v in xvalues])
+    ax.set_xticks(range(len(xvalues)), [format_value(v) for v in xvalues])
     ax.set_xlabel(keys[0] if keys else "")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
     ax.legend(fontsize=7)

@@ -1,0 +1,50 @@
+"""One run of a sweep: its folder name, swept values and seed, and the `effcn train` command
+that trains or resumes it (shared by grid/random sweeps, tools/sweep.py, and Optuna searches,
+tools/search.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..training.rundir import RunDir
+
+
+@dataclass
+class SweepRun:
+    name: str                 # run directory name
+    params: dict              # swept key -> value
+    seed: int
+
+
+def format_value(v) -> str:
+    """A value as it appears in run names and tables (path separators would nest folders)."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v).replace("/", "_").replace(os.sep, "_")
+
+
+def override(key: str, value) -> str:
+    return f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+
+
+def overrides_for(spec: dict, run: SweepRun) -> list[str]:
+    return [*spec["set"], *(override(k, v) for k, v in run.params.items()),
+            f"train.seed={run.seed}", f"run.dir={spec['dir']}", f"run.name={run.name}",
+            "train.progress=false"]
+
+
+def run_command(spec: dict, run: SweepRun) -> tuple[list[str], str]:
+    """The `effcn train` command of a run, and "trained" or "resumed": a run folder with a
+    resumable checkpoint is continued; one that never finished a step is started again."""
+    run_dir = RunDir(Path(spec["dir"]) / run.name)
+    cmd = [sys.executable, "-m", "effcn", "train", "--quiet"]
+    if run_dir.last.is_file() or run_dir.step.is_file():
+        return cmd + ["--resume", str(run_dir.path)], "resumed"
+    if run_dir.path.exists():  # started but nothing saved: nothing worth keeping
+        import shutil
+        shutil.rmtree(run_dir.path)
+    if spec.get("base"):
+        cmd += ["--config", spec["base"]]
+    return cmd + [a for o in overrides_for(spec, run) for a in ("--set", o)], "trained"
