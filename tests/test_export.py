@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import assert_one_sentence_error, effcn_in_process
-from effcn.models import create_model, list_models
+from effcn.models import create_model, input_shape, list_models
 from effcn.tools.export import Classifier, Decoder, decoder_path, export_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -52,7 +52,7 @@ def test_every_registered_model_exports(name, fmt, tmp_path):
     torch.manual_seed(0)
     model = create_model(name).eval()
     c = model.config
-    x = torch.rand(4, c.in_channels, c.image_size, c.image_size)
+    x = torch.rand(4, *input_shape(c))
     has_decoder = getattr(model, "decoder", None) is not None
     labels = torch.arange(4) % c.num_classes if has_decoder else None
     out = tmp_path / f"m.{fmt}"
@@ -62,7 +62,7 @@ def test_every_registered_model_exports(name, fmt, tmp_path):
     assert list(graph.outputs) == (["class_lengths", "capsules"] if model.has_capsules
                                    else ["class_lengths"])
     # an independent run at another batch size (3): the batch dimension is dynamic
-    x3 = torch.rand(3, c.in_channels, c.image_size, c.image_size)
+    x3 = torch.rand(3, *input_shape(c))
     with torch.no_grad():
         ref = model(x3)
     got = run_graph(fmt, out, x3)
@@ -75,7 +75,7 @@ def test_every_registered_model_exports(name, fmt, tmp_path):
         recon = run_graph(fmt, dec.path, ref.capsules, labels3)[0]
         with torch.no_grad():
             expected = model.reconstruct(ref.capsules, labels3)
-        assert recon.shape == (3, c.in_channels, c.image_size, c.image_size)
+        assert recon.shape == (3, *input_shape(c))
         assert torch.allclose(recon, expected, atol=1e-4)
     else:
         assert dec is None

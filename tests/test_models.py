@@ -5,7 +5,7 @@ import torch
 
 import effcn
 from effcn.errors import ConfigError
-from effcn.models import create_model, list_models
+from effcn.models import create_model, input_shape, list_models
 from effcn.models.efficient_capsnet import count_parameters
 
 
@@ -21,7 +21,7 @@ def test_forward_every_model(name):
     torch.manual_seed(0)
     model = create_model(name)
     cfg = model.config
-    x = torch.rand(3, cfg.in_channels, cfg.image_size, cfg.image_size)
+    x = torch.rand(3, *input_shape(cfg))
     y = torch.tensor([0, 1, 2])
     out = model(x, y, return_routing=True)
     if not model.has_capsules:  # the baseline CNN: class scores only

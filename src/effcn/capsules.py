@@ -70,13 +70,14 @@ class PrimaryCaps(nn.Module):
     faster than oneDNN's depthwise conv there (BENCHMARKS.md). On channels_last input the conv
     is as fast, so it is used. Set False for the plain conv always."""
 
-    def __init__(self, in_channels: int, kernel_size: int, num_caps: int, caps_dim: int,
+    def __init__(self, in_channels: int, kernel_size, num_caps: int, caps_dim: int,
                  stride: int = 1, init: str = "glorot_uniform"):
+        """``kernel_size``: an int (square) or (kh, kw)."""
         super().__init__()
         self.num_caps, self.caps_dim = num_caps, caps_dim
         self.conv = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride,
                               groups=in_channels)
-        rf = kernel_size * kernel_size
+        rf = self.conv.kernel_size[0] * self.conv.kernel_size[1]
         if init == "glorot_uniform":
             # Follows the authors' code: their depthwise conv names no initialiser, so Keras'
             # default applies, with Keras' fans of a (k, k, 1, C) kernel (std 0.014 on MNIST).

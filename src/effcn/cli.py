@@ -272,6 +272,7 @@ def cmd_predict(args) -> int:
 
     from .data.augment import build_augment
     from .data.user_images import load_image
+    from .models import input_shape
     from .training.checkpoint import model_from_checkpoint
     from .training.rundir import resolve_checkpoint
     from .training.tasks.classification import eval_transform_of
@@ -285,6 +286,10 @@ def cmd_predict(args) -> int:
                          f"through the {augment!r} evaluation preprocessing first; use "
                          f"effcn eval on the dataset instead.")
     names = state.get("class_names") or [str(i) for i in range(cfg.num_classes)]
+    _, height, width = input_shape(cfg)
+    if height != width:
+        raise EffcnError(f"predict takes square images, but model {state['model_name']} takes "
+                         f"{height}x{width} images; use effcn eval on its dataset instead.")
     preprocess = args.preprocess
     if preprocess == "auto":
         dataset = state.get("config", {}).get("data", {}).get("dataset", "")

@@ -5,6 +5,9 @@
       -> Conv 5x5 'same', 32, ReLU, MaxPool 2                         (B, 32, 7, 7)
       -> Linear 32*7*7 -> n_classes                                   logits (B, n_classes)
 
+Non-square inputs: ``image_width`` (0: square); the numbers presets take 28x56 (map 32x7x14, 100
+classes) and 28x84 (32x7x21, 1,000 classes).
+
 MNIST preset: 28,938 parameters, the CNN of an earlier PyTorch port (reported 99.3% on MNIST,
 trained with cross-entropy). The forward returns a CapsNetOutput so the same trainer, eval and
 predict work: ``lengths`` holds class *probabilities* (softmax) with loss="cross_entropy", or
@@ -28,7 +31,8 @@ from .registry import register_model
 @dataclass
 class CNNConfig:
     """Everything needed to build the network; stored in every checkpoint."""
-    image_size: int = 28                # square inputs, pixels
+    image_size: int = 28                # pixels: the side of square inputs, the height of others
+    image_width: int = 0                # 0: square (image_size wide); else the width in pixels
     in_channels: int = 1
     num_classes: int = 10
     channels: tuple = (16, 32)          # one conv 'same' + ReLU + max-pool 2 block per entry
@@ -41,15 +45,18 @@ class CNNConfig:
             raise ValueError(f"loss must be one of ('cross_entropy', 'margin'), got {self.loss!r}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {self.kernel_size}")
-        if self.feature_side() < 1:
-            raise ValueError(f"image_size {self.image_size} is too small for "
-                             f"{len(self.channels)} max-pool blocks")
+        if self.image_width < 0:
+            raise ValueError(f"image_width must be >= 0 (0: square), got {self.image_width}")
+        if min(self.feature_shape()) < 1:
+            raise ValueError(f"{self.image_size}x{self.image_width or self.image_size} images are "
+                             f"too small for {len(self.channels)} max-pool blocks")
 
-    def feature_side(self) -> int:
-        side = self.image_size
+    def feature_shape(self) -> tuple:
+        """(h, w) of the last block's map (each block halves both sides, rounding down)."""
+        h, w = self.image_size, self.image_width or self.image_size
         for _ in self.channels:
-            side //= 2
-        return side
+            h, w = h // 2, w // 2
+        return h, w
 
 
 class BaselineCNN(nn.Module):
@@ -66,7 +73,8 @@ class BaselineCNN(nn.Module):
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             width = out_ch
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(width * c.feature_side() ** 2, c.num_classes)
+        fh, fw = c.feature_shape()
+        self.classifier = nn.Linear(width * fh * fw, c.num_classes)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) in [0, 1] -> unnormalised class scores (B, n_classes)."""
@@ -107,3 +115,9 @@ register_model("cnn_baseline_mnist", BaselineCNN, mnist_config,
                "cross-entropy")
 register_model("cnn_baseline_tiny", BaselineCNN, tiny_config,
                "A tiny baseline CNN for tests and smoke runs")
+register_model("cnn_baseline_numbers2", BaselineCNN,
+               lambda: CNNConfig(image_width=56, num_classes=100),
+               "Baseline CNN, 2-digit MNIST numbers (1x28x56, 100 classes)")
+register_model("cnn_baseline_numbers3", BaselineCNN,
+               lambda: CNNConfig(image_width=84, num_classes=1000),
+               "Baseline CNN, 3-digit MNIST numbers (1x28x84, 1,000 classes)")

@@ -9,7 +9,11 @@
 
 The decoder is fully connected (MNIST) or, for smallNORB, an upsampling conv decoder
 (``decoder="conv"``). Presets (registered at the bottom): mnist (161,824 parameters without the
-decoder), multimnist, affnist (40x40), smallnorb (151,664), cifar10, and tiny variants for tests.
+decoder), multimnist, affnist (40x40), smallnorb (151,664), cifar10, numbers2 / numbers3 (28x56
+and 28x84 MNIST numbers, 100 and 1,000 classes), and tiny variants for tests.
+
+Inputs may be non-square: ``image_size`` is the height, ``image_width`` the width (0: square),
+and ``primary_kernel=0`` makes the depthwise kernel cover the whole final map, whatever its shape.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class CapsNetOutput(NamedTuple):
 @dataclass
 class EfficientCapsNetConfig:
     """Everything needed to build the network; stored in every checkpoint."""
-    image_size: int = 28                # square inputs, pixels
+    image_size: int = 28                # pixels: the side of square inputs, the height of others
+    image_width: int = 0                # 0: square (image_size wide); else the width in pixels
     in_channels: int = 1
     num_classes: int = 10
     # (out_channels, kernel, stride) of the four 'valid' convs
@@ -53,7 +58,7 @@ class EfficientCapsNetConfig:
     # BatchNorm running-average momentum (PyTorch convention). 0.01 = Keras' 0.99, the authors'
     # value; short CPU runs use 0.1 so the running statistics keep up within a few hundred steps.
     bn_momentum: float = 0.01
-    primary_kernel: int = 9
+    primary_kernel: int = 9             # side of the depthwise kernel; 0: the whole final map
     # glorot_uniform: the authors' (Keras' default, their depthwise conv names none);
     # he_normal: effcn's init before 2026-12, kept to reproduce earlier runs.
     primary_init: str = "glorot_uniform"
@@ -78,21 +83,43 @@ class EfficientCapsNetConfig:
                               ("decoder", ("fc", "conv", "none"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("image_width", "primary_kernel"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: see the field), got {getattr(self, name)}")
+
+    def image_shape(self) -> tuple:
+        """(H, W) of the inputs."""
+        return self.image_size, self.image_width or self.image_size
+
+    def feature_map_shape(self) -> tuple:
+        """(h, w) of the stem's output map."""
+        shape = list(self.image_shape())
+        for _, k, s in self.stem:
+            shape = [(side - k) // s + 1 for side in shape]
+        return tuple(shape)
 
     def feature_map_size(self) -> int:
-        size = self.image_size
-        for _, k, s in self.stem:
-            size = (size - k) // s + 1
-        return size
+        """The side of a square feature map (feature_map_shape for any shape)."""
+        h, w = self.feature_map_shape()
+        if h != w:
+            raise ValueError(f"the {h}x{w} feature map is not square; use feature_map_shape()")
+        return h
+
+    def primary_kernel_shape(self) -> tuple:
+        """(kh, kw) of the depthwise kernel: primary_kernel square, or 0 -> the whole map."""
+        if self.primary_kernel == 0:
+            return self.feature_map_shape()
+        return self.primary_kernel, self.primary_kernel
 
     def num_primary_caps(self) -> int:
         """Primary capsules after reshaping the depthwise conv output."""
         channels = self.stem[-1][0]
-        side = (self.feature_map_size() - self.primary_kernel) // self.primary_stride + 1
-        if side < 1:
-            raise ValueError(f"feature map {self.feature_map_size()} is smaller than the primary "
-                             f"kernel {self.primary_kernel} for image_size {self.image_size}")
-        total = channels * side * side
+        (fh, fw), (kh, kw) = self.feature_map_shape(), self.primary_kernel_shape()
+        oh, ow = (fh - kh) // self.primary_stride + 1, (fw - kw) // self.primary_stride + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"feature map {fh}x{fw} is smaller than the primary kernel {kh}x{kw} "
+                             f"for {self.image_shape()[0]}x{self.image_shape()[1]} images")
+        total = channels * oh * ow
         if total % self.primary_dim:
             raise ValueError(f"{total} primary outputs do not split into {self.primary_dim}-D capsules")
         return total // self.primary_dim
@@ -188,13 +215,13 @@ class EfficientCapsNet(nn.Module):
             channels = out_ch
         self.stem = nn.Sequential(*layers)
         n_primary = c.num_primary_caps()
-        self.primary = PrimaryCaps(channels, c.primary_kernel, n_primary, c.primary_dim,
+        self.primary = PrimaryCaps(channels, c.primary_kernel_shape(), n_primary, c.primary_dim,
                                    stride=c.primary_stride, init=c.primary_init)
         self.digit_caps = SelfAttentionRouting(n_primary, c.primary_dim, c.num_classes, c.caps_dim,
                                                uniform=c.routing == "uniform", rank=c.caps_rank)
         decoder_cls = {"fc": FCDecoder, "conv": ConvDecoder}.get(c.decoder)
         self.decoder = (decoder_cls(c.num_classes * c.caps_dim, c.decoder_hidden,
-                                    (c.in_channels, c.image_size, c.image_size))
+                                    (c.in_channels, *c.image_shape()))
                         if decoder_cls else None)
 
     def encode(self, x: torch.Tensor, return_routing: bool = False):
@@ -274,6 +301,16 @@ def cifar10_config() -> EfficientCapsNetConfig:
                                   decoder="conv", decoder_hidden=(64, 128, 128))
 
 
+def numbers_config(digits: int) -> EfficientCapsNetConfig:
+    """MNIST numbers of ``digits`` digits side by side: 1x28x(28 * digits), 10**digits classes.
+    The MNIST preset with only what the input forces changed: the same four convs take 28x56 to a
+    9x23 map (28x84: 9x37), the depthwise kernel covers that whole map (primary_kernel=0) and
+    again yields 16 capsules of 8 dimensions; the FC decoder outputs the composed image. Full
+    class-capsule weights; ``caps_rank=R`` factorises them (docs: models)."""
+    return EfficientCapsNetConfig(image_width=28 * digits, num_classes=10 ** digits,
+                                  primary_kernel=0)
+
+
 register_model("efficient_capsnet_mnist", EfficientCapsNet, mnist_config,
                "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes)")
 register_model("efficient_capsnet_multimnist", EfficientCapsNet, multimnist_config,
@@ -289,3 +326,7 @@ register_model("efficient_capsnet_smallnorb_tiny", EfficientCapsNet, smallnorb_t
                "A tiny smallNORB-shaped (2x48x48, conv decoder) Efficient-CapsNet for tests")
 register_model("efficient_capsnet_cifar10", EfficientCapsNet, cifar10_config,
                "Efficient-CapsNet, CIFAR-10 preset (3x32x32, our choices; conv decoder)")
+register_model("efficient_capsnet_numbers2", EfficientCapsNet, lambda: numbers_config(2),
+               "Efficient-CapsNet, 2-digit MNIST numbers (1x28x56, 100 classes; depthwise 9x23)")
+register_model("efficient_capsnet_numbers3", EfficientCapsNet, lambda: numbers_config(3),
+               "Efficient-CapsNet, 3-digit MNIST numbers (1x28x84, 1,000 classes; depthwise 9x37)")

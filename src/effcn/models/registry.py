@@ -59,6 +59,13 @@ def create_model(name: str, **overrides) -> nn.Module:
     return model
 
 
+def input_shape(config) -> tuple[int, int, int]:
+    """(C, H, W) of the images a model built from ``config`` takes: ``image_size`` high and
+    ``image_width`` wide (a config without that field, or 0 in it, means square)."""
+    return (config.in_channels, config.image_size,
+            getattr(config, "image_width", 0) or config.image_size)
+
+
 def model_config_dict(model: nn.Module) -> dict:
     """The config of a registry-built model as plain JSON-able data."""
     return dataclasses.asdict(model.config)

@@ -44,16 +44,18 @@ class BenchSettings:
     warmup: int = 5                   # training steps (and one eval pass) before timing
 
 
-def synthetic_images(n: int, channels: int, size: int, seed: int = 0):
-    """uint8 images (n, C, size, size), a bright random rectangle on a dark noisy background
-    (something for the augmentation's bounding boxes), and int64 labels (n,) in [0, 10)."""
+def synthetic_images(n: int, channels: int, size: int, seed: int = 0, width: int = 0):
+    """uint8 images (n, C, size, width or size), a bright random rectangle on a dark noisy
+    background (something for the augmentation's bounding boxes), and int64 labels (n,) in
+    [0, 10)."""
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 30, (n, channels, size, size), generator=g, dtype=torch.uint8)
+    width = width or size
+    images = torch.randint(0, 30, (n, channels, size, width), generator=g, dtype=torch.uint8)
     r = torch.randint(size // 5, size // 2, (n, 2), generator=g)
     h = torch.randint(size // 4, size // 2, (n, 2), generator=g)
-    rows = torch.arange(size)
+    rows, cols = torch.arange(size), torch.arange(width)
     inside = ((rows >= r[:, :1]) & (rows < r[:, :1] + h[:, :1])).unsqueeze(2) & \
-             ((rows >= r[:, 1:]) & (rows < r[:, 1:] + h[:, 1:])).unsqueeze(1)
+             ((cols >= r[:, 1:]) & (cols < r[:, 1:] + h[:, 1:])).unsqueeze(1)
     images[inside.unsqueeze(1).expand_as(images)] = 255
     return images, torch.randint(0, 10, (n,), generator=g)
 
@@ -102,7 +104,8 @@ class EffcnContender:
         self.forward_model = fastpath.maybe_compile(self.model, s.compile, s.compile_mode)
         cfg = self.model.config
         n = max(s.batch_size * (s.steps + s.warmup), s.eval_images)
-        images, labels = synthetic_images(n, cfg.in_channels, cfg.image_size)
+        images, labels = synthetic_images(n, cfg.in_channels, cfg.image_size,
+                                          width=getattr(cfg, "image_width", 0))
         self.data = Split(images.to(self.device), labels.to(self.device), [])
         self.task = ClassificationTask(config)
         self.task.setup(self.data, self.data)

@@ -42,7 +42,8 @@ def inference_images_per_s(model: torch.nn.Module, device: torch.device, batch_s
     cfg = model.config
     model = model.eval().to(device)
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch_size, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    from ..models import input_shape
+    x = torch.rand(batch_size, *input_shape(cfg), generator=g)
     x = x.to(device)
     _sync(device)
     t0 = time.perf_counter()

@@ -33,6 +33,7 @@ import torch.nn as nn
 from ..capsules import decode_masked
 from ..errors import EffcnError
 from ..io import atomic_write_bytes
+from ..models import input_shape
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # format -> default file suffix
 METADATA_KEY = "effcn"  # ONNX metadata_props key; TorchScript: the extra file effcn.json
@@ -144,8 +145,7 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
         "weights": "EMA" if e.state.get("ema") is not None else "raw",
         "class_names": list(e.state.get("class_names") or [str(i) for i in
                                                             range(cfg.num_classes)]),
-        "input": {"name": "images", "shape": ["B", cfg.in_channels, cfg.image_size,
-                                              cfg.image_size],
+        "input": {"name": "images", "shape": ["B", *input_shape(cfg)],
                   "dtype": "float32", "scaling": scaling},
         "outputs": ["class_lengths", "capsules"] if getattr(model, "has_capsules", True)
         else ["class_lengths"],
