@@ -17,6 +17,7 @@ from effcn.data.cifar10 import CIFAR10
 from effcn.data.fashion_mnist import FashionMNIST
 from effcn.data.mnist import IDXClassification, IDXFolder, MNIST
 from effcn.data.multimnist import MultiMNIST
+from effcn.data.numbers import MNISTNumbers
 from effcn.data.smallnorb import SmallNORB
 from effcn.errors import DataError
 
@@ -30,6 +31,7 @@ DATASETS: Dict[str, type] = {
     "affnist": AffNIST,
     "affnist_style": AffNISTStyle,
     "multimnist": MultiMNIST,
+    "mnist_numbers": MNISTNumbers,
 }
 
 

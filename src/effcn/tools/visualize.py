@@ -60,7 +60,7 @@ class RunData:
             from ..training.splits import load_eval_split
             from ..training.tasks import task_for
             val = load_eval_split(self.config, "val", "cpu")
-            self._val = (task_for(self.config).model_images(val.images), val.labels)
+            self._val = task_for(self.config).figure_images(val)
         return self._val
 
 

@@ -43,6 +43,8 @@ class DataSection:
                                             # or false: only digits of another label
     multimnist_epoch_pairs: int = 0         # pairs per epoch (the authors': 600000); 0: one pass
     multimnist_test_style: str = "authors"  # authors | resampled (effcn's earlier test pairs)
+    digits: int = 2                         # mnist_numbers: digits per image (1, 2 or 3)
+    numbers_epoch_images: int = 0           # mnist_numbers: numbers per epoch; 0: digits // k
 
 
 @dataclass
@@ -140,6 +142,7 @@ POSITIVE = ("optim.lr", "data.pixel_divisor", "train.epochs", "train.batch_size"
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
                 "schedule.gamma", "schedule.patience", "data.train_subset",
                 "data.multimnist_test_digits", "data.multimnist_epoch_pairs",
+                "data.numbers_epoch_images",
                 "train.recon_weight", "train.ema_decay", "run.recon_every", "run.checkpoint_every",
                 "run.checkpoint_every_steps")
 
@@ -297,6 +300,9 @@ def validate(config: Config) -> None:
     for key in NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {flat[key]!r}; fix the value.")
+    if not 1 <= config.data.digits <= 3:
+        raise ConfigError(f"data.digits must be 1, 2 or 3 (digits per mnist_numbers image: 10, "
+                          f"100 or 1,000 classes), got {config.data.digits}.")
     if config.data.multimnist_partners < 1:
         raise ConfigError(f"data.multimnist_partners must be at least 1, got "
                           f"{config.data.multimnist_partners}.")
@@ -328,6 +334,8 @@ def validate(config: Config) -> None:
         dataclasses.replace(preset, **config.model.args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.args do not make a valid {config.model.name}: {e}.") from None
+    from .tasks import task_class
+    task_class(config).check_config(config)  # last: a task may check the model's config too
 
 
 def _validate_trackers(config: Config) -> None:
@@ -349,7 +357,6 @@ def _validate_data(config: Config) -> None:
     config is loaded (a sweep before its first run), not when training starts."""
     from ..data import list_datasets
     from ..data.augment import build_augment
-    from .tasks import task_class
     if config.data.dataset not in list_datasets():
         hint = difflib.get_close_matches(config.data.dataset, list_datasets(), n=1)
         hint = f"did you mean {hint[0]}? Otherwise " if hint else ""
@@ -359,7 +366,6 @@ def _validate_data(config: Config) -> None:
         build_augment(config.data.augment)
     except ConfigError as e:
         raise ConfigError(f"data.augment={config.data.augment!r}: {e}") from None
-    task_class(config).check_config(config)
 
 
 def parse_scalar(raw: str) -> Any:

@@ -120,11 +120,12 @@ class Trainer:
     @property
     def val_x(self) -> torch.Tensor:
         """uint8 validation images as the model takes them (N, C, H, W), e.g. for figures."""
-        return self.task.model_images(self.val_split.images)
+        return self.task.figure_images(self.val_split)[0]
 
     @property
     def val_y(self) -> torch.Tensor:
-        return self.val_split.labels
+        """The labels of val_x (N,)."""
+        return self.task.figure_images(self.val_split)[1]
 
     # ---------------------------------------------------------------- setup
     def _setup(self):
@@ -133,7 +134,7 @@ class Trainer:
         train, val = load_train_val(cfg, self.device)
         self.task.setup(train, val)
         self.val_split = val
-        self.class_names = train.class_names
+        self.class_names = self.task.class_names(train)
         self.n_train, self.n_val = len(train), len(val)
         self.test_selected = cfg.data.protocol == "authors"
         self.model = create_model(cfg.model.name, **cfg.model.args).to(self.device)
@@ -427,7 +428,7 @@ class Trainer:
             self.say(f"data.protocol=authors: training on every training image, epochs selected "
                      f"on the TEST split; every figure of this run is {TEST_SELECTED}")
         self.say(f"run directory: {self.run_dir}  ({self.n_train} train / {self.n_val} val "
-                  f"{'digits' if self.task.name == 'multimnist' else 'images'}, device "
+                  f"{self.task.split_items}, device "
                   f"{self.device}, {self.precision})")
         t_start = time.perf_counter()
         self._callbacks_started = True  # from here on a failure reaches on_exception
@@ -495,7 +496,7 @@ class Trainer:
         self.say(f"test {self.task.metric}{' [' + TEST_SELECTED + ']' if self.test_selected else ''}"
                  f" (best val epoch {summary['best_epoch']}): "
                   f"{summary['test_acc']:.4f} on {len(self.test_set)} test "
-                  f"{'pairs' if self.task.name == 'multimnist' else 'images'} "
+                  f"{self.task.set_items} "
                   f"({summary['test_precision']})")
         if "test_selected_acc" in summary:
             self.say(f"best epoch on test ({TEST_SELECTED}, from train.monitor_test): "

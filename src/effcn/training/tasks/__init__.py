@@ -6,6 +6,7 @@ what counts as a hit for the metric, and how its evaluation sets are built. The 
 
     classification   one label per image (MNIST, Fashion-MNIST, smallNORB, CIFAR-10, affNIST, ...)
     multimnist       two overlapping digits: two labels, two reconstructions, two-digit accuracy
+    numbers          k digits side by side, one label: the k-digit number (MNIST numbers)
 
 A new task subclasses :class:`Task`, is added to ``TASKS`` and is picked by ``task_for(config)``.
 """
@@ -13,13 +14,16 @@ A new task subclasses :class:`Task`, is added to ``TASKS`` and is picked by ``ta
 from .base import Batch, EvalSet, Task
 from .classification import ClassificationTask
 from .multimnist import MultiMNISTTask
+from .numbers import NumbersTask
 
-TASKS = {"classification": ClassificationTask, "multimnist": MultiMNISTTask}
+TASKS = {"classification": ClassificationTask, "multimnist": MultiMNISTTask,
+         "numbers": NumbersTask}
+DATASET_TASKS = {"multimnist": "multimnist", "mnist_numbers": "numbers"}  # others: classification
 
 
 def task_class(config) -> type:
-    """The task class of a config: MultiMNIST for data.dataset=multimnist, else classification."""
-    return TASKS["multimnist" if config.data.dataset == "multimnist" else "classification"]
+    """The task class of a config: by data.dataset (DATASET_TASKS), else classification."""
+    return TASKS[DATASET_TASKS.get(config.data.dataset, "classification")]
 
 
 def task_for(config) -> Task:
@@ -27,5 +31,5 @@ def task_for(config) -> Task:
     return task_class(config)(config)
 
 
-__all__ = ["Batch", "EvalSet", "Task", "ClassificationTask", "MultiMNISTTask", "TASKS",
-           "task_class", "task_for"]
+__all__ = ["Batch", "EvalSet", "Task", "ClassificationTask", "MultiMNISTTask", "NumbersTask",
+           "TASKS", "task_class", "task_for"]

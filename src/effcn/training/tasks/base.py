@@ -40,6 +40,8 @@ class Task:
 
     name = "task"
     metric = "accuracy"             # what `acc` means in records and reports
+    split_items = "images"          # what the train / val splits hold (MultiMNIST: digits)
+    set_items = "images"            # what an evaluation set holds (MultiMNIST: pairs)
 
     def __init__(self, config):
         self.config = config
@@ -86,6 +88,15 @@ class Task:
     def model_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images of a split as the model takes single images (MultiMNIST: padded)."""
         return images
+
+    def figure_images(self, split) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images (N, C, H, W) as the model takes them, labels (N,)) of a split, for
+        figures: its model_images and labels (MNIST numbers: its fixed composed numbers)."""
+        return self.model_images(split.images), split.labels
+
+    def class_names(self, split) -> list:
+        """The names of the model's classes (MNIST numbers: "00" to "99", not the digits')."""
+        return list(split.class_names)
 
     def decoder_labels(self, batch: Batch, training: bool):
         """Labels that mask the decoder: the true ones in training; at evaluation None (the

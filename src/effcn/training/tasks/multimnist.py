@@ -92,6 +92,8 @@ class PairSet(EvalSet):
 class MultiMNISTTask(Task):
     name = "multimnist"
     metric = "two-digit accuracy"
+    split_items = "digits"
+    set_items = "pairs"
 
     @staticmethod
     def check_config(config) -> None:
