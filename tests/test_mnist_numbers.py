@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, SHARED_MNIST, assert_one_sentence_error, effcn_in_process, quick_overrides
+from helpers import (REPO, SHARED_MNIST, assert_one_sentence_error, effcn_in_process,
+                     quick_overrides, write_untrained_run)
 from effcn.data.numbers import (MNISTNumbers, NumberSet, compose_numbers, epoch_table,
                                 number_labels, number_names)
 from effcn.errors import ConfigError
@@ -175,22 +176,25 @@ def test_real_mnist_test_digits_make_their_numbers():
 
 
 def test_numbers_presets_take_wide_images():
-    for k, (name, cnn) in {2: ("efficient_capsnet_numbers2", "cnn_baseline_numbers2"),
-                           3: ("efficient_capsnet_numbers3", "cnn_baseline_numbers3")}.items():
-        for n in (name, cnn):
-            c = create_model(n).config
+    for k in (2, 3):
+        for name in (f"efficient_capsnet_numbers{k}", f"cnn_baseline_numbers{k}"):
+            c = default_config(name)
             assert input_shape(c) == (1, 28, 28 * k) and c.num_classes == 10 ** k
-        cfg = default_config(name)
+        assert c.feature_shape() == (7, 7 * k)                 # the CNN's map
+        cfg = default_config(f"efficient_capsnet_numbers{k}")
         assert cfg.feature_map_shape() == (9, 14 * k - 5)        # 9x23, 9x37
         assert cfg.primary_kernel_shape() == cfg.feature_map_shape()   # covers the whole map
         assert cfg.num_primary_caps() == 16
     # measured against the MNIST preset: only the depthwise kernel and the class count differ
-    mnist = count_parameters(create_model("efficient_capsnet_mnist"), include_decoder=False)
+    mnist = count_parameters(create_model("efficient_capsnet_mnist", decoder="none"))
     per_class = 16 * 8 * 16 + 16                            # W[j] and b[j] of one class
     n2 = create_model("efficient_capsnet_numbers2")
+    assert n2.primary.conv.kernel_size == (9, 23)
     assert count_parameters(n2, include_decoder=False) == \
         mnist - 128 * 81 + 128 * 9 * 23 + 90 * per_class == 363_712
-    rank16 = create_model("efficient_capsnet_numbers3", caps_rank=16)
+    with torch.no_grad():
+        assert n2.eval()(torch.rand(2, 1, 28, 56)).reconstruction.shape == (2, 1, 28, 56)
+    rank16 = create_model("efficient_capsnet_numbers3", caps_rank=16, decoder="none")
     assert sum(p.numel() for n, p in rank16.named_parameters() if n.startswith("digit_caps")) \
         == 16 * 8 * 16 + 1000 * 16 * 16 + 1000 * 16
     assert count_parameters(create_model("cnn_baseline_numbers2")) == \
@@ -256,3 +260,10 @@ def test_train_and_eval_end_to_end(synthetic_root, tmp_path, numbers_data, capsy
     assert report["digits_per_image"] == 2 and set(report["per_class_acc"]) <= set(number_names(2))
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert state["class_names"] == number_names(2)
+
+
+def test_predict_refuses_a_numbers_model_in_one_sentence(synthetic_root, tmp_path, capsys):
+    run = write_untrained_run(tmp_path / "run", synthetic_root, "efficient_capsnet_tiny",
+                              image_width=56, num_classes=100, primary_kernel=0)
+    code, _, err = effcn_in_process(["predict", run, tmp_path / "digit.png"], capsys)
+    assert_one_sentence_error(code, err, "takes 28x56 images; use effcn eval")
