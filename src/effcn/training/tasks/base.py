@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -12,11 +12,14 @@ class Batch(NamedTuple):
 
     x (B, C, H, W) float model input; y (B,) or (B, K) int64 labels (they also mask the decoder
     in training); target: what the reconstruction is compared with, None for x itself
-    (MultiMNIST: the K shifted digits, (B, K, C, H, W)).
+    (MultiMNIST: the K shifted digits, (B, K, C, H, W)); rows: which rows play which part, for
+    a task whose batches mix kinds of rows (semi-supervised: labeled, unlabeled, second views),
+    None for a plain batch.
     """
     x: torch.Tensor
     y: torch.Tensor
     target: Optional[torch.Tensor] = None
+    rows: Optional[Any] = None
 
 
 class EvalSet:
@@ -40,6 +43,7 @@ class Task:
 
     name = "task"
     metric = "accuracy"             # what `acc` means in records and reports
+    extra_parts: tuple = ()         # names of the loss parts ``loss`` returns after the three
 
     def __init__(self, config):
         self.config = config
@@ -76,7 +80,9 @@ class Task:
 
     # ------------------------------------------------------ loss and metric
     def loss(self, model, out, batch: Batch):
-        """(total, margin, recon) scalar losses of a forward result ``out`` on ``batch``."""
+        """(total, margin, recon) scalar losses of a forward result ``out`` on ``batch``, followed
+        by one scalar per name of ``extra_parts`` (the loop records them as batch metrics under
+        those names and as ``train_<name>`` in the epoch records; evaluation reads the three)."""
         raise NotImplementedError
 
     def hits(self, out, batch: Batch) -> torch.Tensor:
