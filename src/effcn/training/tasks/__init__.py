@@ -5,6 +5,8 @@ what counts as a hit for the metric, and how its evaluation sets are built. The 
 (training/trainer.py) and the evaluation (training/evaluate.py) know nothing else about it.
 
     classification   one label per image (MNIST, Fashion-MNIST, smallNORB, CIFAR-10, affNIST, ...)
+    semi_supervised  classification with few labels (data.labeled) and unsupervised terms
+                     (train.unlabeled_recon_weight, train.consistency_weight)
     multimnist       two overlapping digits: two labels, two reconstructions, two-digit accuracy
 
 A new task subclasses :class:`Task`, is added to ``TASKS`` and is picked by ``task_for(config)``.
@@ -13,13 +15,22 @@ A new task subclasses :class:`Task`, is added to ``TASKS`` and is picked by ``ta
 from .base import Batch, EvalSet, Task
 from .classification import ClassificationTask
 from .multimnist import MultiMNISTTask
+from .semi_supervised import SemiSupervisedTask
 
-TASKS = {"classification": ClassificationTask, "multimnist": MultiMNISTTask}
+TASKS = {"classification": ClassificationTask, "semi_supervised": SemiSupervisedTask,
+         "multimnist": MultiMNISTTask}
 
 
 def task_class(config) -> type:
-    """The task class of a config: MultiMNIST for data.dataset=multimnist, else classification."""
-    return TASKS["multimnist" if config.data.dataset == "multimnist" else "classification"]
+    """The task class of a config: MultiMNIST for data.dataset=multimnist; semi-supervised when
+    data.labeled or an unsupervised weight is set; else classification."""
+    if config.data.dataset == "multimnist":
+        return TASKS["multimnist"]
+    t = config.train
+    if config.data.labeled or t.labeled_batch_size or t.unlabeled_recon_weight \
+            or t.consistency_weight:
+        return TASKS["semi_supervised"]
+    return TASKS["classification"]
 
 
 def task_for(config) -> Task:
@@ -27,5 +38,5 @@ def task_for(config) -> Task:
     return task_class(config)(config)
 
 
-__all__ = ["Batch", "EvalSet", "Task", "ClassificationTask", "MultiMNISTTask", "TASKS",
-           "task_class", "task_for"]
+__all__ = ["Batch", "EvalSet", "Task", "ClassificationTask", "SemiSupervisedTask",
+           "MultiMNISTTask", "TASKS", "task_class", "task_for"]

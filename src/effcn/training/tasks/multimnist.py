@@ -95,6 +95,10 @@ class MultiMNISTTask(Task):
 
     @staticmethod
     def check_config(config) -> None:
+        d, t = config.data, config.train
+        if d.labeled or t.labeled_batch_size or t.unlabeled_recon_weight or t.consistency_weight:
+            raise ConfigError("data.labeled and the semi-supervised train.* terms apply to "
+                              "classification datasets, not multimnist; set them to 0.")
         if config.data.augment.strip().lower() != "none":
             raise ConfigError(f"data.augment={config.data.augment} does not apply to multimnist "
                               f"(its pairs are shifted by the generator); set data.augment=none.")
