@@ -19,6 +19,7 @@ from helpers import quick_overrides
 # through, then exits through effcn's own command line.
 _CTRL_C_MID_EPOCH = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started where SIGINT is ignored
 import effcn.training.trainer as trainer
 from effcn.cli import main
 from effcn.training.callbacks import Callback

@@ -25,6 +25,7 @@ from helpers import REPO, quick_overrides, set_args
 # train.log_every=1) and exits through effcn's own command line.
 _SIGNAL_AT = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started where SIGINT is ignored
 import effcn.training.trainer as trainer
 from effcn.cli import main
 from effcn.training.callbacks import Callback

@@ -1,5 +1,6 @@
 """Tasks plug into the one loop: MultiMNIST honours every train.* switch and shards under
-torchrun, and `effcn bench` times the trainer's own step with each model's own loss."""
+torchrun, no task's step waits for the device, and `effcn bench` times the trainer's own step
+with each model's own loss."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from effcn.models.cnn import BaselineCNN
 from effcn.tools.bench import BenchSettings, EffcnContender, run_bench
 from effcn.training.config import load_config
 from effcn.training.metrics import read_metrics
-from effcn.training.tasks import ClassificationTask, MultiMNISTTask, task_for
+from effcn.training.tasks import (ClassificationTask, MultiMNISTTask, SemiSupervisedTask,
+                                  task_for)
 from effcn.training.trainer import Trainer
 
 from helpers import REPO, quick_overrides
@@ -36,6 +38,9 @@ def test_task_for_picks_the_task_of_the_dataset(synthetic_root, tmp_path):
                       ClassificationTask)
     config = load_config(None, multimnist_overrides(synthetic_root, tmp_path, "mm"))
     assert isinstance(task_for(config), MultiMNISTTask)
+    for semi in ("data.labeled=20", "train.consistency_weight=1"):
+        config = load_config(None, quick_overrides(synthetic_root, tmp_path) + [semi])
+        assert isinstance(task_for(config), SemiSupervisedTask)
 
 
 def test_multimnist_runs_in_the_precision_it_records(synthetic_root, tmp_path, monkeypatch):
@@ -126,7 +131,7 @@ def test_bench_uses_the_configured_optimizer(tmp_path):
     assert any(not torch.equal(a, p) for a, p in zip(before, c.model.parameters()))
 
 
-@pytest.mark.parametrize("task", ["multimnist", "classification"])
+@pytest.mark.parametrize("task", ["multimnist", "classification", "semi_supervised"])
 def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_path, monkeypatch):
     """Composing a batch and the step itself read no value back to the host (no .item(), no
     bool() of a tensor): the loop syncs only when it flushes its log (train.log_every)."""
@@ -153,9 +158,11 @@ def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_pa
 
     from effcn.training.trainer import TrainStep
     monkeypatch.setattr(TrainStep, "__call__", watched(TrainStep.__call__))
-    for cls in (ClassificationTask, MultiMNISTTask):
+    for cls in (ClassificationTask, MultiMNISTTask, SemiSupervisedTask):
         monkeypatch.setattr(cls, "train_batch", watched(cls.train_batch))
+    semi = ["data.labeled=20", "train.unlabeled_recon_weight=1", "train.consistency_weight=1"]
     overrides = (multimnist_overrides(synthetic_root, tmp_path, "mm") if task == "multimnist"
-                 else quick_overrides(synthetic_root, tmp_path, epochs=1) + ["data.augment=paper"])
+                 else quick_overrides(synthetic_root, tmp_path, epochs=1) + ["data.augment=paper"]
+                 + (semi if task == "semi_supervised" else []))
     Trainer(load_config(None, overrides + ["train.log_every=100"]), quiet=True).fit()
     assert inside == [False] and reads == []

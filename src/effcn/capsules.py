@@ -226,15 +226,27 @@ def margin_loss(lengths: torch.Tensor, targets: torch.Tensor, m_plus: float = 0.
     return (present + absent).sum(dim=1).mean()
 
 
+PREDICTED = -1     # a label of mask_capsules: keep the longest capsule (the prediction)
+ALL_CAPSULES = -2  # a label of mask_capsules: keep every capsule (no masking)
+
+
 def mask_capsules(capsules: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Zero every capsule but one and flatten: (B, N, D) -> (B, N * D).
 
     The kept capsule is the true label when ``labels`` (B,) is given (training), otherwise the
     longest capsule (inference). Earlier ports masked by the prediction during training: wrong.
+    Per example, a label may also be PREDICTED (-1: the longest capsule) or ALL_CAPSULES (-2:
+    nothing is zeroed), as the semi-supervised task's unlabeled images are decoded.
     """
     if labels is None:
         labels = torch.linalg.vector_norm(capsules, dim=-1).argmax(dim=1)
-    mask = F.one_hot(labels, capsules.shape[1]).to(capsules.dtype)
+        mask = F.one_hot(labels, capsules.shape[1]).to(capsules.dtype)
+        return (capsules * mask.unsqueeze(-1)).flatten(1)
+    with torch.no_grad():  # resolved on the device (no host sync); true labels pass unchanged
+        longest = torch.linalg.vector_norm(capsules, dim=-1).argmax(dim=1)
+        keep = torch.where(labels == PREDICTED, longest, labels).clamp(min=0)
+        mask = F.one_hot(keep, capsules.shape[1]).to(capsules.dtype)
+        mask = torch.where((labels == ALL_CAPSULES).unsqueeze(1), torch.ones_like(mask), mask)
     return (capsules * mask.unsqueeze(-1)).flatten(1)
 
 

@@ -356,9 +356,5 @@ def _plot_search(path: Path, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    from ..io import atomic_write_bytes
-    atomic_write_bytes(path, buf.getvalue())
+    from ..analysis.imageio import save_figure
+    save_figure(fig, path, dpi=120)

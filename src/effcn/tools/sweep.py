@@ -258,9 +258,5 @@ def _plot(path: Path, keys: list, table: list, metric: str) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    from ..io import atomic_write_bytes
-    atomic_write_bytes(path, buf.getvalue())
+    from ..analysis.imageio import save_figure
+    save_figure(fig, path, dpi=120)

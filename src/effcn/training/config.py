@@ -35,6 +35,9 @@ class DataSection:
                                             # select on TEST: labelled test-selected everywhere)
     split_seed: int = 0                     # fixes which training images are validation
     train_subset: int = 0                   # >0: train on this many images only (CPU budgets)
+    labeled: int = 0                        # >0: only this many training images keep their
+                                            # labels (class-balanced; semi-supervised task)
+    labeled_seed: int = 0                   # fixes which training images keep their labels
     augment: str = "paper"                  # paper | none | parts joined by '+', e.g. rotate+erase
     pixel_divisor: float = 255.0            # uint8 -> float: x / this (the authors' MNIST: 256)
     multimnist_partners: int = 1000         # MultiMNIST test set: partners per test digit
@@ -79,6 +82,12 @@ class TrainSection:
     batch_size: int = 16
     eval_batch_size: int = 500
     recon_weight: float = 0.392             # reconstruction loss weight (0.392 * MSE)
+    # Semi-supervised terms (training/tasks/semi_supervised.py; 0: off):
+    labeled_batch_size: int = 0             # labeled draws per batch (0: train.batch_size)
+    unlabeled_recon_weight: float = 0.0     # MSE of the unlabeled images' reconstructions
+    unlabeled_recon_mask: str = "predicted" # predicted (the longest capsule) | none (all capsules)
+    consistency_weight: float = 0.0         # MSE between two augmentations' outputs of an image
+    consistency_on: str = "lengths"         # lengths | capsules
     seed: int = 42
     device: str = "auto"                    # auto | cpu | cuda | cuda:N
     log_every: int = 50                     # batches between metric flushes / progress updates
@@ -135,6 +144,8 @@ CHOICES = {
     "data.protocol": ("honest", "authors"),
     "train.test_amp": ("auto", "bf16", "off"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "train.unlabeled_recon_mask": ("predicted", "none"),
+    "train.consistency_on": ("lengths", "capsules"),
 }
 POSITIVE = ("optim.lr", "data.pixel_divisor", "train.epochs", "train.batch_size", "train.eval_batch_size",
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor",
@@ -144,7 +155,8 @@ NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.m
                 "data.multimnist_test_digits", "data.multimnist_epoch_pairs",
                 "data.numbers_epoch_images",
                 "train.recon_weight", "train.ema_decay", "run.recon_every", "run.checkpoint_every",
-                "run.checkpoint_every_steps")
+                "run.checkpoint_every_steps", "data.labeled", "train.labeled_batch_size",
+                "train.unlabeled_recon_weight", "train.consistency_weight")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -48,7 +48,7 @@ def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
         batch = eval_set.batch(start, start + batch_size)
         out = fastpath.forward(model, batch.x, task.decoder_labels(batch, training=False),
                                amp_dtype)
-        loss, margin, recon = task.loss(model, out, batch)
+        loss, margin, recon = task.loss(model, out, batch)[:3]  # a task's extra parts: training's
         hits = task.hits(out, batch).double()           # shaped like batch.y
         n = len(batch.y)
         if totals is None:

@@ -53,8 +53,9 @@ class TrainStep:
 
     ``model`` is the plain module (its own loss, e.g. the CNN's cross-entropy, comes from it);
     ``forward_model`` what the step calls (DDP and/or compiled; default: ``model``). Returns the
-    detached float64 row (loss, margin, recon, acc) on the device, without a host sync, or None
-    when ``skip_nonfinite`` skipped a step with a non-finite loss (that check syncs).
+    detached float64 row (loss, margin, recon, acc, then the task's extra_parts) on the device,
+    without a host sync, or None when ``skip_nonfinite`` skipped a step with a non-finite loss
+    (that check syncs).
     """
 
     def __init__(self, model, task: Task, optimizer, amp_dtype: torch.dtype | None = None,
@@ -69,14 +70,15 @@ class TrainStep:
         batch = batch._replace(x=batch.x.contiguous(memory_format=self.memory_format))
         out = fastpath.forward(self.forward_model, batch.x,
                                self.task.decoder_labels(batch, training=True), self.amp_dtype)
-        loss, margin, recon = self.task.loss(self.model, out, batch)
+        loss, margin, recon, *extra = self.task.loss(self.model, out, batch)
         self.optimizer.zero_grad(set_to_none=True)
         if self.skip_nonfinite and not torch.isfinite(loss):
             return None
         loss.backward()
         self.optimizer.step()
         acc = self.task.hits(out, batch).mean()
-        return torch.stack([loss.detach(), margin.detach(), recon.detach(), acc]).double()
+        return torch.stack([loss.detach(), margin.detach(), recon.detach(), acc,
+                            *(e.detach() for e in extra)]).double()
 
 
 class Trainer:
@@ -226,7 +228,10 @@ class Trainer:
         # Under DDP each process augments (composes) its shard with its own draws.
         aug_g = (epoch_generator(cfg.train.seed + 1009 * self.dist.rank, epoch, self.device)
                  if self.dist.enabled else g)
-        pending, sums = [], torch.zeros(5, device=self.device, dtype=torch.float64)
+        # (loss, margin, recon, acc, the task's extra parts..., images), each weighted by images
+        extra = self.task.extra_parts
+        pending = []
+        sums = torch.zeros(5 + len(extra), device=self.device, dtype=torch.float64)
         first, seconds_before = 0, 0.0
         if self.mid_epoch is not None:  # resumed from step.pt: continue where it stopped
             mid, self.mid_epoch = self.mid_epoch, None
@@ -268,9 +273,10 @@ class Trainer:
         seconds = seconds_before + time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        seen = sums[4].item()
-        t = (sums[:4] / sums[4].clamp(min=1)).tolist()
+        seen = sums[-1].item()
+        t = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
         return {"train_loss": t[0], "train_margin": t[1], "train_recon": t[2], "train_acc": t[3],
+                **{f"train_{name}": v for name, v in zip(extra, t[4:])},
                 "epoch_seconds": seconds, "train_images_per_s": seen / seconds}
 
     def _stop_requested(self, step: int) -> bool:
@@ -316,8 +322,10 @@ class Trainer:
         now = time.perf_counter()
         images_per_s = len(pending) * self.config.train.batch_size / (now - self._flushed_at)
         self._flushed_at = now
+        extra = self.task.extra_parts
         records = [{"kind": "batch", "epoch": epoch, "step": step, "lr": lr, "loss": v[0],
-                    "margin": v[1], "recon": v[2], "acc": v[3], "images_per_s": images_per_s}
+                    "margin": v[1], "recon": v[2], "acc": v[3], **dict(zip(extra, v[4:])),
+                    "images_per_s": images_per_s}
                    for (step, lr, _), v in zip(pending, values)]
         log.write(records)
         self._emit("on_batches", records)

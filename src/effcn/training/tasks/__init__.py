@@ -5,25 +5,34 @@ what counts as a hit for the metric, and how its evaluation sets are built. The 
 (training/trainer.py) and the evaluation (training/evaluate.py) know nothing else about it.
 
     classification   one label per image (MNIST, Fashion-MNIST, smallNORB, CIFAR-10, affNIST, ...)
+    semi_supervised  classification with few labels (data.labeled) and unsupervised terms
+                     (train.unlabeled_recon_weight, train.consistency_weight)
     multimnist       two overlapping digits: two labels, two reconstructions, two-digit accuracy
     numbers          k digits side by side, one label: the k-digit number (MNIST numbers)
 
 A new task subclasses :class:`Task`, is added to ``TASKS`` and is picked by ``task_for(config)``.
 """
 
-from .base import Batch, EvalSet, Task
+from .base import Batch, EvalSet, Task, uses_semi_supervision
 from .classification import ClassificationTask
 from .multimnist import MultiMNISTTask
 from .numbers import NumbersTask
+from .semi_supervised import SemiSupervisedTask
 
-TASKS = {"classification": ClassificationTask, "multimnist": MultiMNISTTask,
-         "numbers": NumbersTask}
-DATASET_TASKS = {"multimnist": "multimnist", "mnist_numbers": "numbers"}  # others: classification
+TASKS = {"classification": ClassificationTask, "semi_supervised": SemiSupervisedTask,
+         "multimnist": MultiMNISTTask, "numbers": NumbersTask}
+DATASET_TASKS = {"multimnist": "multimnist", "mnist_numbers": "numbers"}
 
 
 def task_class(config) -> type:
-    """The task class of a config: by data.dataset (DATASET_TASKS), else classification."""
-    return TASKS[DATASET_TASKS.get(config.data.dataset, "classification")]
+    """The task class of a config: by data.dataset (DATASET_TASKS: MultiMNIST, MNIST numbers);
+    else semi-supervised when data.labeled or an unsupervised weight is set; else
+    classification."""
+    if config.data.dataset in DATASET_TASKS:
+        return TASKS[DATASET_TASKS[config.data.dataset]]
+    if uses_semi_supervision(config):
+        return TASKS["semi_supervised"]
+    return TASKS["classification"]
 
 
 def task_for(config) -> Task:
@@ -31,5 +40,5 @@ def task_for(config) -> Task:
     return task_class(config)(config)
 
 
-__all__ = ["Batch", "EvalSet", "Task", "ClassificationTask", "MultiMNISTTask", "NumbersTask",
-           "TASKS", "task_class", "task_for"]
+__all__ = ["Batch", "EvalSet", "Task", "ClassificationTask", "SemiSupervisedTask",
+           "MultiMNISTTask", "NumbersTask", "TASKS", "task_class", "task_for"]

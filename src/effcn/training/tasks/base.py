@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
+
+from ...errors import ConfigError
 
 
 class Batch(NamedTuple):
@@ -12,11 +14,14 @@ class Batch(NamedTuple):
 
     x (B, C, H, W) float model input; y (B,) or (B, K) int64 labels (they also mask the decoder
     in training); target: what the reconstruction is compared with, None for x itself
-    (MultiMNIST: the K shifted digits, (B, K, C, H, W)).
+    (MultiMNIST: the K shifted digits, (B, K, C, H, W)); rows: which rows play which part, for
+    a task whose batches mix kinds of rows (semi-supervised: labeled, unlabeled, second views),
+    None for a plain batch.
     """
     x: torch.Tensor
     y: torch.Tensor
     target: Optional[torch.Tensor] = None
+    rows: Optional[Any] = None
 
 
 class EvalSet:
@@ -42,6 +47,7 @@ class Task:
     metric = "accuracy"             # what `acc` means in records and reports
     split_items = "images"          # what the train / val splits hold (MultiMNIST: digits)
     set_items = "images"            # what an evaluation set holds (MultiMNIST: pairs)
+    extra_parts: tuple = ()         # names of the loss parts ``loss`` returns after the three
 
     def __init__(self, config):
         self.config = config
@@ -78,7 +84,9 @@ class Task:
 
     # ------------------------------------------------------ loss and metric
     def loss(self, model, out, batch: Batch):
-        """(total, margin, recon) scalar losses of a forward result ``out`` on ``batch``."""
+        """(total, margin, recon) scalar losses of a forward result ``out`` on ``batch``, followed
+        by one scalar per name of ``extra_parts`` (the loop records them as batch metrics under
+        those names and as ``train_<name>`` in the epoch records; evaluation reads the three)."""
         raise NotImplementedError
 
     def hits(self, out, batch: Batch) -> torch.Tensor:
@@ -111,3 +119,17 @@ class Task:
     def eval_set(self, split, name: str) -> EvalSet:
         """An evaluation set of a :class:`~effcn.training.splits.Split` (``name``: test, val)."""
         raise NotImplementedError
+
+
+def uses_semi_supervision(config) -> bool:
+    """Whether a config asks for few labels or an unsupervised term (the semi-supervised task)."""
+    t = config.train
+    return bool(config.data.labeled or t.labeled_batch_size or t.unlabeled_recon_weight
+                or t.consistency_weight)
+
+
+def refuse_semi_supervision(config, dataset: str) -> None:
+    """One sentence when a task that cannot take few labels is asked for them."""
+    if uses_semi_supervision(config):
+        raise ConfigError(f"data.labeled and the semi-supervised train.* terms apply to "
+                          f"classification datasets, not {dataset}; set them to 0.")

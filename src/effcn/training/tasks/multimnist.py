@@ -25,7 +25,7 @@ from ...capsules import capsule_lengths, margin_loss, reconstruction_loss
 from ...data.multimnist import (AnyOtherImage, MultiMNISTPairs, PartnerSampler, compose_batch,
                                 pad_digits)
 from ...errors import ConfigError
-from .base import Batch, EvalSet, Task
+from .base import Batch, EvalSet, Task, refuse_semi_supervision
 
 RECON_WEIGHT_EACH = 0.196  # the paper: 0.196 per digit (the MNIST model's 0.392 split in two)
 VAL_SEED, TEST_SEED = 1, 0
@@ -97,6 +97,7 @@ class MultiMNISTTask(Task):
 
     @staticmethod
     def check_config(config) -> None:
+        refuse_semi_supervision(config, "multimnist")
         if config.data.augment.strip().lower() != "none":
             raise ConfigError(f"data.augment={config.data.augment} does not apply to multimnist "
                               f"(its pairs are shifted by the generator); set data.augment=none.")

@@ -23,7 +23,7 @@ import dataclasses
 
 from ...data.numbers import NumberSet, epoch_table, number_labels, number_names, side_by_side
 from ...errors import ConfigError
-from .base import Batch, EvalSet
+from .base import Batch, EvalSet, refuse_semi_supervision
 from .classification import ClassificationTask
 
 VAL_SEED, TEST_SEED = 1, 0
@@ -81,6 +81,7 @@ class NumbersTask(ClassificationTask):
     def check_config(config) -> None:
         from ...data.augment import AUGMENTATIONS
         from ...models import default_config
+        refuse_semi_supervision(config, "mnist_numbers")
         k, augment = config.data.digits, config.data.augment.strip().lower()
         if augment in AUGMENTATIONS:
             raise ConfigError(f"data.augment={config.data.augment} does not apply to "
