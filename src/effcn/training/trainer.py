@@ -237,7 +237,10 @@ class Trainer:
             mid, self.mid_epoch = self.mid_epoch, None
             first, seconds_before = mid["step"], mid["seconds"]
             aug_g.set_state(mid["rng"][self.dist.rank])
-            sums = mid["sums"][self.dist.rank].to(self.device)
+            # per process; the first step.pt files (2026-12-01 only) held one process's tensor
+            sums = mid["sums"] if isinstance(mid["sums"], torch.Tensor) \
+                else mid["sums"][self.dist.rank]
+            sums = sums.to(self.device)
         bar = self._progress(self.steps_per_epoch, epoch)
         if bar is not None:
             bar.update(first)
@@ -452,7 +455,8 @@ class Trainer:
     def _fit_epoch(self, epoch: int, log: MetricsLog | None) -> None:
         cfg = self.config
         # the epoch's starting lr (a per-batch schedule moves it; step.pt keeps it)
-        lr = self.epoch_lr = (self.mid_epoch["lr"] if self.mid_epoch is not None
+        lr = self.epoch_lr = (self.mid_epoch.get("lr", self.optimizer.param_groups[0]["lr"])
+                              if self.mid_epoch is not None
                               else self.optimizer.param_groups[0]["lr"])
         train = self._train_epoch(epoch, log)
         # One model on every process: each then validates on the whole split and reaches the
