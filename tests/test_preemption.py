@@ -13,13 +13,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from effcn.cli import main
 from effcn.training.checkpoint import load_checkpoint
 from effcn.training.metrics import read_metrics
 
-from helpers import REPO, quick_overrides, set_args
+from helpers import REPO, quick_overrides, same_state, set_args
 
 # The child signals itself from a batch callback (records arrive one batch at a time with
 # train.log_every=1) and exits through effcn's own command line.
@@ -55,17 +54,6 @@ def _child(script: str, args: list[str], **kw) -> subprocess.CompletedProcess:
                           timeout=300, **kw)
 
 
-def _same(a, b) -> bool:
-    """Exact equality of nested checkpoint contents (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _metrics_without_timings(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS}
             for r in read_metrics(run / "metrics.jsonl")]
@@ -74,7 +62,7 @@ def _metrics_without_timings(run) -> list[dict]:
 def assert_resumed_run_equals_clean(run, clean):
     a, b = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (run, clean))
     for key in ("epoch", "model", "ema", "optimizer", "scheduler", "best", "skipped_steps"):
-        assert _same(a[key], b[key]), key
+        assert same_state(a[key], b[key]), key
     assert _metrics_without_timings(run) == _metrics_without_timings(clean)
     assert not (run / "checkpoints" / "step.pt").exists()     # stale once its epoch ended
 

@@ -19,7 +19,7 @@ from effcn.training.splits import labeled_subset, load_train_val
 from effcn.training.tasks import ClassificationTask, SemiSupervisedTask, task_for
 from effcn.training.trainer import Trainer, TrainStep, epoch_generator
 
-from helpers import quick_overrides
+from helpers import quick_overrides, same_state
 
 SEMI = ["data.labeled=20", "train.labeled_batch_size=8"]
 BOTH_TERMS = SEMI + ["train.unlabeled_recon_weight=0.392", "train.consistency_weight=1"]
@@ -211,7 +211,7 @@ def test_zero_weights_train_exactly_as_classification(synthetic_root, tmp_path):
     a, b = (_weights(tmp_path / n) for n in ("classification", "semi"))
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert _same(a["optimizer"], b["optimizer"])
+    assert same_state(a["optimizer"], b["optimizer"])
     rows = [[{k: r[k] for k in ("loss", "margin", "recon", "acc")}
              for r in read_metrics(tmp_path / n / "metrics.jsonl", "batch")]
             for n in ("classification", "semi")]
@@ -227,16 +227,6 @@ class _StopAt(Callback):
     def on_batches(self, trainer, records):
         if any((r["epoch"], r["step"]) == self.at for r in records):
             raise KeyboardInterrupt
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def _records(run):
@@ -269,7 +259,7 @@ def test_resume_from_last_and_from_a_mid_epoch_step_is_bit_identical(synthetic_r
     for name in ("from_step", "from_last"):
         resumed = _weights(runs[name])
         for key in ("epoch", "model", "ema", "optimizer", "scheduler", "best"):
-            assert _same(resumed[key], clean[key]), (name, key)
+            assert same_state(resumed[key], clean[key]), (name, key)
         assert _records(runs[name]) == _records(runs["clean"]), name
     epoch = read_metrics(runs["clean"] / "metrics.jsonl", "epoch")[-1]
     assert epoch["train_unlabeled_recon"] > 0 and epoch["train_consistency"] > 0
