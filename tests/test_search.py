@@ -146,3 +146,32 @@ def test_a_search_trial_is_one_run(tmp_path, synthetic_root):
     open(path, "w").write(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="seeds must hold one seed"):
         load_sweep(path)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_continued_study_does_not_propose_its_first_settings_again(tmp_path, synthetic_root,
+                                                                     sampler):
+    # Optuna's samplers restart their random stream in each process: seeded with search.seed
+    # alone, the re-run's first proposals were the first run's again.
+    path = _sweep_file(tmp_path, synthetic_root, {
+        "sampler": sampler, "trials": 4, "seed": 0,
+        "params": {"optim.lr": {"log_uniform": [1.0e-4, 1.0e-2]}}}, epochs=1)
+
+    def ask_two():  # each call stands for one `effcn sweep` process
+        study = open_study(load_sweep(path))
+        for _ in range(2):
+            trial = study.ask()
+            trial.suggest_float("optim.lr", 1.0e-4, 1.0e-2, log=True)
+            study.tell(trial, 0.5)
+    ask_two()
+    first = [t.params["optim.lr"] for t in _trials(path)]
+    ask_two()
+    lrs = [t.params["optim.lr"] for t in _trials(path)]
+    assert lrs[:2] == first and len(set(lrs)) == 4
+    # A new study with the same seed still proposes the same settings (reproducible).
+    other = _sweep_file(tmp_path, synthetic_root, {
+        "sampler": sampler, "trials": 4, "seed": 0,
+        "params": {"optim.lr": {"log_uniform": [1.0e-4, 1.0e-2]}}}, epochs=1, name="again")
+    study = open_study(load_sweep(other))
+    trial = study.ask()
+    assert trial.suggest_float("optim.lr", 1.0e-4, 1.0e-2, log=True) == first[0]

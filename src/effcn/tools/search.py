@@ -172,7 +172,8 @@ def open_study(spec: dict):
     """The sweep's Optuna study (created on first use, continued afterwards)."""
     optuna = _optuna()
     search = spec["search"]
-    seed = int(search["seed"])
+    storage = _storage(optuna, search)
+    seed = sampler_seed(int(search["seed"]), _trials_so_far(storage, search["study"]))
     if search["sampler"] == "grid":
         sampler = optuna.samplers.GridSampler(
             {k: list(d["choice"]) for k, d in search["params"].items()}, seed=seed)
@@ -187,9 +188,28 @@ def open_study(spec: dict):
         pruner = optuna.pruners.HyperbandPruner(min_resource=1)
     else:
         pruner = optuna.pruners.NopPruner()
-    return optuna.create_study(study_name=search["study"], storage=_storage(optuna, search),
+    return optuna.create_study(study_name=search["study"], storage=storage,
                                sampler=sampler, pruner=pruner, direction="maximize",
                                load_if_exists=True)
+
+
+def sampler_seed(seed: int, trials_so_far: int) -> int:
+    """The seed of this process's sampler: search.seed on a new study, and on a continued one a
+    seed mixed from it and the number of trials already there. Optuna's samplers restart their
+    random stream in every process, so with search.seed alone a re-run (or a second machine
+    joining later) proposes the first trials' settings again."""
+    if trials_so_far == 0:
+        return seed
+    import numpy as np
+    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
+
+
+def _trials_so_far(storage, study_name: str) -> int:
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
 def _counted(study) -> int:
