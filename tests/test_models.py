@@ -59,6 +59,36 @@ def test_decoder_input_uses_label_in_training_and_prediction_otherwise():
         assert not torch.allclose(model(x, other).reconstruction, out.reconstruction)
 
 
+def test_embedding_conditioned_decoder_reads_one_capsule_and_its_class():
+    from effcn.models.efficient_capsnet import ClassEmbeddingDecoder
+    torch.manual_seed(0)
+    masked = create_model("efficient_capsnet_numbers2")
+    model = create_model("efficient_capsnet_numbers2", decoder_conditioning="embedding").eval()
+    assert isinstance(model.decoder, ClassEmbeddingDecoder)
+    # The first layer takes 2 x 16 inputs instead of 100 x 16; the rest is unchanged.
+    first = model.decoder.inner.net[0]
+    assert first.in_features == 32 and masked.decoder.net[0].in_features == 1600
+    assert (count_parameters(masked) - count_parameters(model)
+            == (1600 - 32) * 512 - 100 * 16)
+    assert count_parameters(masked, False) == count_parameters(model, False)
+    x = torch.rand(4, 1, 28, 56)
+    with torch.no_grad():
+        out = model(x)
+        pred = out.lengths.argmax(1)
+        assert out.reconstruction.shape == x.shape
+        assert torch.allclose(model(x, pred).reconstruction, out.reconstruction)
+        # The same capsule vector under another class gives another image: the embedding
+        # carries the class.
+        capsules = out.capsules.clone()
+        other = (pred + 1) % 100
+        capsules[torch.arange(4), other] = capsules[torch.arange(4), pred]
+        assert not torch.allclose(model.reconstruct(capsules, other), out.reconstruction)
+    model.train()
+    model(x, pred).reconstruction.mean().backward()
+    used = model.decoder.embedding.weight.grad.abs().sum(1).nonzero().flatten()
+    assert sorted(used.tolist()) == sorted(set(pred.tolist()))
+
+
 def test_no_decoder_and_uniform_routing_options():
     model = create_model("efficient_capsnet_tiny", decoder="none", routing="uniform")
     assert model.decoder is None

@@ -167,6 +167,11 @@ def test_the_cnn_trains_on_the_labeled_images_alone(synthetic_root, tmp_path):
                                           "has none; drop model.args.decoder=none"):
         prepared(semi_config(synthetic_root, tmp_path, SEMI + [
             "model.args.decoder=none", "train.unlabeled_recon_weight=1"]))
+    with pytest.raises(ConfigError, match="decodes all capsules at once, but model "
+                                          "efficient_capsnet_tiny's decoder reads one capsule"):
+        prepared(semi_config(synthetic_root, tmp_path, SEMI + [
+            "model.args.decoder_conditioning=embedding", "train.unlabeled_recon_weight=1",
+            "train.unlabeled_recon_mask=none"]))
 
 
 @pytest.mark.parametrize("extra, message", [

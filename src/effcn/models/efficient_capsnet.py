@@ -8,7 +8,8 @@
       -> decoder on the capsules masked to one class                   (B, C, H, W) in [0, 1]
 
 The decoder is fully connected (MNIST) or, for smallNORB, an upsampling conv decoder
-(``decoder="conv"``). Presets (registered at the bottom): mnist (161,824 parameters without the
+(``decoder="conv"``); ``decoder_conditioning="embedding"`` feeds it the kept capsule and a class
+embedding instead of all masked capsules (ClassEmbeddingDecoder: for many classes). Presets (registered at the bottom): mnist (161,824 parameters without the
 decoder), multimnist, affnist (40x40), smallnorb (151,664), cifar10, numbers2 / numbers3 (28x56
 and 28x84 MNIST numbers, 100 and 1,000 classes), and tiny variants for tests.
 
@@ -72,6 +73,10 @@ class EfficientCapsNetConfig:
     caps_rank: int = 0                  # 0: full W (n_out, n_in, d_in, d_out); r: factorised
     decoder: str = "fc"                 # fc | conv (upsampling, smallNORB) | none
     decoder_hidden: tuple = (512, 1024)  # fc: hidden units; conv: channels of the upsampling convs
+    # What the decoder reads: masked (the paper: all n_classes capsules, all but one zeroed, so
+    # its first layer has n_classes * D inputs) | embedding (the kept capsule and a learned
+    # D-dim embedding of its class: 2D inputs whatever the number of classes).
+    decoder_conditioning: str = "masked"
 
     def __post_init__(self):
         self.stem = tuple(tuple(int(v) for v in layer) for layer in self.stem)
@@ -80,7 +85,8 @@ class EfficientCapsNetConfig:
                               ("primary_init", ("glorot_uniform", "he_normal")),
                               ("instance_norm_init", ("uniform", "ones_zeros")),
                               ("routing", ("self_attention", "uniform")),
-                              ("decoder", ("fc", "conv", "none"))):
+                              ("decoder", ("fc", "conv", "none")),
+                              ("decoder_conditioning", ("masked", "embedding"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("image_width", "primary_kernel"):
@@ -187,6 +193,30 @@ class ConvDecoder(nn.Module):
         return self.convs(self.dense(masked).view(-1, 1, self.seed, self.seed))
 
 
+class ClassEmbeddingDecoder(nn.Module):
+    """Masked capsules (B, n_classes * D) -> image: ``inner`` decodes [v, e_k] (B, 2D), v the one
+    capsule the mask kept (the sum over classes: the others are zero) and e_k a learned
+    embedding of its class k. The decoder's first layer then has 2D inputs instead of
+    n_classes * D (16 vs 16,000 x 512 weights at 1,000 classes), and reads the same masked input
+    as the paper's decoder, so every caller of a decoder works unchanged. A mask that keeps
+    several capsules (the semi-supervised unlabeled_recon_mask=none) has no single class: refused
+    by the tasks that would pass one."""
+
+    def __init__(self, num_classes: int, caps_dim: int, inner: nn.Module):
+        super().__init__()
+        self.num_classes, self.caps_dim = num_classes, caps_dim
+        self.embedding = nn.Embedding(num_classes, caps_dim)
+        nn.init.normal_(self.embedding.weight, std=0.1)  # about a trained capsule's entries
+        self.inner = inner
+
+    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+        capsules = masked.view(-1, self.num_classes, self.caps_dim)
+        with torch.no_grad():
+            kept = capsules.abs().sum(dim=-1).argmax(dim=1)
+        vector = capsules.sum(dim=1)
+        return self.inner(torch.cat([vector, self.embedding(kept).to(vector.dtype)], dim=1))
+
+
 class EfficientCapsNet(nn.Module):
     """Efficient-CapsNet; see the module docstring for the layer stack."""
 
@@ -220,9 +250,14 @@ class EfficientCapsNet(nn.Module):
         self.digit_caps = SelfAttentionRouting(n_primary, c.primary_dim, c.num_classes, c.caps_dim,
                                                uniform=c.routing == "uniform", rank=c.caps_rank)
         decoder_cls = {"fc": FCDecoder, "conv": ConvDecoder}.get(c.decoder)
-        self.decoder = (decoder_cls(c.num_classes * c.caps_dim, c.decoder_hidden,
-                                    (c.in_channels, *c.image_shape()))
-                        if decoder_cls else None)
+        self.decoder = None
+        if decoder_cls and c.decoder_conditioning == "embedding":
+            self.decoder = ClassEmbeddingDecoder(
+                c.num_classes, c.caps_dim,
+                decoder_cls(2 * c.caps_dim, c.decoder_hidden, (c.in_channels, *c.image_shape())))
+        elif decoder_cls:
+            self.decoder = decoder_cls(c.num_classes * c.caps_dim, c.decoder_hidden,
+                                       (c.in_channels, *c.image_shape()))
 
     def encode(self, x: torch.Tensor, return_routing: bool = False):
         """x (B, C, H, W) float -> digit capsules (B, n_classes, D) [, c, A]."""

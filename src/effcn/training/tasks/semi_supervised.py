@@ -107,6 +107,14 @@ class SemiSupervisedTask(ClassificationTask):
             raise ConfigError(f"train.unlabeled_recon_weight needs a decoder but model {name} has "
                               f"none; drop model.args.decoder=none or set "
                               f"train.unlabeled_recon_weight=0.")
+        if (t.unlabeled_recon_weight and t.unlabeled_recon_mask == "none"
+                and getattr(getattr(model, "config", None), "decoder_conditioning",
+                            "masked") == "embedding"):
+            raise ConfigError(f"train.unlabeled_recon_mask=none decodes all capsules at once, but "
+                              f"model {name}'s decoder reads one capsule and its class "
+                              f"(decoder_conditioning=embedding); set "
+                              f"train.unlabeled_recon_mask=predicted or "
+                              f"model.args.decoder_conditioning=masked.")
 
     # ------------------------------------------------------------- batches
     def _views(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
