@@ -100,3 +100,15 @@ def test_sweep_with_a_failing_run_exits_non_zero(synthetic_root, tmp_path):
     assert "1 run(s) of the sweep failed (val_size=100000-seed1)" in r.stderr
     rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").open()))
     assert [bool(row["test_acc"]) for row in rows] == [True, False]
+
+
+def test_threads_per_run_honours_the_flag_then_the_environment(monkeypatch):
+    from effcn.tools.sweep_runs import run_env, threads_per_run
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_per_run(2) == 4 and threads_per_run(16) == 1
+    # A sweep told to use one core (e.g. two sweeps side by side) must not take all of them:
+    # its runs used to get cpu_count // workers whatever OMP_NUM_THREADS said.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_run(1) == 1 and run_env(threads_per_run(1))["OMP_NUM_THREADS"] == "1"
+    assert threads_per_run(1, threads=3) == 3

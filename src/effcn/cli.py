@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="grid/random search over config fields and seeds")
     p.add_argument("spec", help="sweep YAML file (format: effcn.tools.sweep, docs/training.md)")
     p.add_argument("--workers", type=int, help="parallel worker processes (overrides the file)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: "
+                   "$OMP_NUM_THREADS when set, else the cores divided among the workers)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.set_defaults(func=cmd_sweep)
 
@@ -347,7 +349,8 @@ def cmd_datasets(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .tools.sweep import run_sweep
-    results, failed = run_sweep(args.spec, workers=args.workers, dry_run=args.dry_run)
+    results, failed = run_sweep(args.spec, workers=args.workers, dry_run=args.dry_run,
+                                threads=args.threads)
     if not args.dry_run:
         print(f"written: {results}, {results.with_suffix('.csv')}, {results.with_suffix('.png')}")
     if failed:

@@ -31,7 +31,6 @@ retries it, continuing the same run folder. Optuna is the ``sweep`` extra.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -41,7 +40,7 @@ from ..errors import ConfigError, EffcnError
 from ..io import atomic_write_text, write_json
 from ..training.metrics import read_metrics
 from ..training.rundir import RunDir
-from .sweep_runs import SweepRun, format_value, run_command
+from .sweep_runs import SweepRun, format_value, run_command, run_env
 
 SEARCH_KEYS = {"sampler", "trials", "params", "pruner", "storage", "study", "seed",
                "startup_trials", "warmup_epochs", "heartbeat_interval", "grace_period",
@@ -235,7 +234,7 @@ def train_trial(spec: dict, trial, threads: int) -> float:
     cmd, _ = run_command(spec, run)
     log = Path(spec["dir"]) / "logs" / f"{run.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = run_env(threads)
     with open(log, "a") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
         reported = 0
@@ -267,13 +266,12 @@ def train_trial(spec: dict, trial, threads: int) -> float:
     return run_dir.summary()["best_val_acc"]
 
 
-def run_search(spec: dict, workers: int) -> tuple[Path, list[str]]:
+def run_search(spec: dict, workers: int, threads: int) -> tuple[Path, list[str]]:
     """Work on the sweep's study until it holds search.trials complete + pruned trials; write
     the results. Returns the results.md path and the names of the trials that failed."""
     optuna = _optuna()
     study = open_study(spec)
     search = spec["search"]
-    threads = max(1, (os.cpu_count() or 1) // workers)
     left = search["trials"] - _counted(study)
     print(f"sweep {spec['dir']}: study {search['study']!r} ({search['sampler']} sampler, "
           f"{search['pruner']} pruner) at {_counted(study)}/{search['trials']} trials, "

@@ -24,7 +24,6 @@ per run), results.md (mean +- sample std over seeds, with n) and a plot of the m
 from __future__ import annotations
 
 import math
-import os
 import random
 import statistics
 import subprocess
@@ -35,7 +34,8 @@ from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..training.config import load_config, load_yaml
 from ..training.rundir import RunDir
-from .sweep_runs import SweepRun, format_value, override, overrides_for, run_command
+from .sweep_runs import (SweepRun, format_value, override, overrides_for, run_command, run_env,
+                         threads_per_run)
 
 SWEEP_KEYS = {"base", "set", "grid", "random", "search", "seeds", "workers", "dir", "metric"}
 
@@ -130,19 +130,20 @@ def run_one(spec: dict, run: SweepRun, threads: int) -> tuple[SweepRun, str]:
     if RunDir(Path(spec["dir"]) / run.name).summary_path.is_file():
         return run, "skipped (finished)"
     cmd, status = run_command(spec, run)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env(threads))
     if proc.returncode != 0:
         return run, f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
     return run, status
 
 
-def run_sweep(path: str | Path, workers: int | None = None,
-              dry_run: bool = False) -> tuple[Path, list[str]]:
+def run_sweep(path: str | Path, workers: int | None = None, dry_run: bool = False,
+              threads: int | None = None) -> tuple[Path, list[str]]:
     """Run (or continue) a sweep and write its results; returns the results.md path and the
-    names of the runs that failed (their rows stay empty; re-running the sweep retries them)."""
+    names of the runs that failed (their rows stay empty; re-running the sweep retries them).
+    ``threads``: torch threads per run (see :func:`threads_per_run`)."""
     spec = load_sweep(path)
     workers = workers or spec["workers"]
+    threads = threads_per_run(workers, threads)
     if spec.get("search"):
         if dry_run:
             print(f"sweep {path}: an Optuna study of {spec['search']['trials']} trials "
@@ -150,7 +151,7 @@ def run_sweep(path: str | Path, workers: int | None = None,
                   f"{', '.join(spec['search']['params'])}; storage {spec['search']['storage']}")
             return Path(spec["dir"]) / "results.md", []
         from .search import run_search
-        return run_search(spec, workers)
+        return run_search(spec, workers, threads)
     runs = expand(spec)
     Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
     print(f"sweep {path}: {len(runs)} runs ({len(runs) // len(spec['seeds'])} settings x "
@@ -159,7 +160,6 @@ def run_sweep(path: str | Path, workers: int | None = None,
         for r in runs:
             print(f"  {r.name}: {' '.join(overrides_for(spec, r)[:-3])}")
         return Path(spec["dir"]) / "results.md", []
-    threads = max(1, (os.cpu_count() or 1) // workers)
     failed = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, (run, status) in enumerate(pool.map(lambda r: run_one(spec, r, threads), runs), 1):

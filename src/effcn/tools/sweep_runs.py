@@ -35,6 +35,24 @@ def overrides_for(spec: dict, run: SweepRun) -> list[str]:
             "train.progress=false"]
 
 
+def threads_per_run(workers: int, threads: int | None = None) -> int:
+    """Torch threads of each run: ``threads`` (--threads) when given, else the environment's
+    OMP_NUM_THREADS when set (two sweeps side by side, each told to use one core, must not each
+    take every core: OpenMP threads that outnumber the cores run several times slower), else the
+    cores shared among the workers."""
+    if threads:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def run_env(threads: int) -> dict:
+    """The environment of a run's process: this one's, with its thread count."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
 def run_command(spec: dict, run: SweepRun) -> tuple[list[str], str]:
     """The `effcn train` command of a run, and "trained" or "resumed": a run folder with a
     resumable checkpoint is continued; one that never finished a step is started again."""
