@@ -1,0 +1,182 @@
+"""The tables and figures of EXPERIMENTS.md questions 6 (few labels + self-supervision) and 7 (more
+classes), from the sweeps' run folders.
+
+    python experiments/questions.py SWEEPS_DIR [--figures docs/figures]
+
+SWEEPS_DIR holds the folders the sweep files name (semi_labels, semi_labels_long,
+semi_labels_cnn, numbers1, numbers2, numbers3, numbers_cnn). Prints markdown tables (test accuracy
+mean ± sample std over seeds, n, training seconds, parameters, test reconstruction MSE) and writes
+few_labels.png and many_classes.png. Missing runs are left out and counted in n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+from effcn.training.rundir import RunDir
+
+LABELS = (100, 600, 1000, 6000)
+SEMI_ARMS = {  # (sweep, unlabeled_recon_weight, consistency_weight) -> column
+    ("semi_labels", "0", "0"): "supervised",
+    ("semi_labels", "0.392", "0"): "+ reconstruction",
+    ("semi_labels", "0", "1"): "+ consistency",
+    ("semi_labels", "0.392", "1"): "+ both",
+    ("semi_labels_long", None, None): "supervised, 2x steps",
+    ("semi_labels_cnn", None, None): "CNN",
+}
+CLASS_VARIANTS = {  # (caps_rank, decoder, decoder_conditioning) -> row
+    ("0", "fc", "masked"): "full W, masked decoder (the paper)",
+    ("0", "none", "masked"): "full W, no decoder",
+    ("0", "fc", "embedding"): "full W, embedding decoder",
+    ("4", "fc", "masked"): "rank 4, masked decoder",
+    ("16", "fc", "masked"): "rank 16, masked decoder",
+    ("16", "none", "masked"): "rank 16, no decoder",
+}
+
+
+def read_sweep(sweeps: Path, name: str) -> list[dict]:
+    """The rows of a sweep's results.csv, each with its run's summary.json as ``summary``."""
+    path = sweeps / name / "results.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["summary"] = RunDir(sweeps / name / r["run"]).summary()
+    return [r for r in rows if r["summary"].get("test_acc") is not None]
+
+
+def mean_std(xs: list, scale: float = 100.0, digits: int = 2) -> str:
+    if not xs:
+        return "—"
+    m = statistics.fmean(xs) * scale
+    s = f" ± {statistics.stdev(xs) * scale:.{digits}f}" if len(xs) > 1 else ""
+    return f"{m:.{digits}f}{s}"
+
+
+def few_labels(sweeps: Path) -> dict:
+    """{column: {N: [summary, ...]}} of question 6."""
+    out = {arm: {n: [] for n in LABELS} for arm in SEMI_ARMS.values()}
+    for (sweep, recon, cons), arm in SEMI_ARMS.items():
+        for r in read_sweep(sweeps, sweep):
+            if recon is not None and (r["train.unlabeled_recon_weight"], r["train.consistency_weight"]) \
+                    != (recon, cons):
+                continue
+            out[arm][int(r["data.labeled"])].append(r["summary"])
+    return out
+
+
+def many_classes(sweeps: Path) -> dict:
+    """{row: {classes: [summary, ...]}} of question 7 (the CNN as one more row)."""
+    out = {v: {10 ** k: [] for k in (1, 2, 3)} for v in [*CLASS_VARIANTS.values(), "CNN"]}
+    for k in (1, 2, 3):
+        for r in read_sweep(sweeps, f"numbers{k}"):
+            key = (r["model.args.caps_rank"], r["model.args.decoder"],
+                   r["model.args.decoder_conditioning"])
+            out[CLASS_VARIANTS[key]][10 ** k].append(r["summary"])
+    for r in read_sweep(sweeps, "numbers_cnn"):
+        out["CNN"][10 ** int(r["data.digits"])].append(r["summary"])
+    return out
+
+
+def few_labels_tables(data: dict) -> str:
+    arms = list(data)
+    lines = ["| labels | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for n in LABELS:
+        cells = [f"{mean_std([s['test_acc'] for s in data[a][n]])} (n={len(data[a][n])})"
+                 for a in arms]
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    lines += ["", "Training seconds per run (mean over all label counts and seeds):", "",
+              "| " + " | ".join(arms) + " |", "|---" * len(arms) + "|",
+              "| " + " | ".join(mean_std([s["train_seconds"] for n in LABELS for s in data[a][n]],
+                                         scale=1, digits=0) for a in arms) + " |"]
+    return "\n".join(lines)
+
+
+def many_classes_tables(data: dict) -> str:
+    classes = (10, 100, 1000)
+    lines = ["Test number accuracy (%), mean ± std (n):", "",
+             "| model | " + " | ".join(f"{c:,} classes" for c in classes) + " |",
+             "|---" * (len(classes) + 1) + "|"]
+    for row, by in data.items():
+        lines.append(f"| {row} | " + " | ".join(
+            f"{mean_std([s['test_acc'] for s in by[c]])} ({len(by[c])})" for c in classes) + " |")
+    lines += ["", "Parameters (with the decoder) / test reconstruction MSE / training seconds:",
+              "", "| model | " + " | ".join(f"{c:,} classes" for c in classes) + " |",
+              "|---" * (len(classes) + 1) + "|"]
+    for row, by in data.items():
+        cells = []
+        for c in classes:
+            runs = by[c]
+            if not runs:
+                cells.append("—")
+                continue
+            recon = [s["test_recon"] for s in runs if s.get("test_recon")]
+            cells.append(f"{runs[0]['parameters']:,} / "
+                         + (f"{statistics.fmean(recon):.4f}" if recon else "no decoder") + " / "
+                         + mean_std([s["train_seconds"] for s in runs], scale=1, digits=0) + " s")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(few: dict, many: dict, figures: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from effcn.analysis.imageio import save_figure
+
+    def line(ax, xs, groups, label, **kw):
+        pts = [(x, [100 * s["test_acc"] for s in g]) for x, g in zip(xs, groups) if g]
+        if not pts:
+            return
+        x, ys = zip(*pts)
+        ax.errorbar(x, [statistics.fmean(y) for y in ys],
+                    yerr=[statistics.stdev(y) if len(y) > 1 else 0 for y in ys],
+                    label=label, marker="o", capsize=3, **kw)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for arm, by in few.items():
+        line(ax, LABELS, [by[n] for n in LABELS], arm,
+             linestyle="--" if arm in ("CNN", "supervised, 2x steps") else "-")
+    ax.set(xscale="log", xlabel="labeled training images (of 12,000)",
+           ylabel="MNIST test accuracy (%)",
+           title="Few labels: 375 batches, mean ± std over 3 seeds")
+    ax.set_xticks(LABELS, [f"{n:,}" for n in LABELS])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, figures / "few_labels.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    classes = (10, 100, 1000)
+    for row, by in many.items():
+        line(ax, classes, [by[c] for c in classes], row,
+             linestyle="--" if row == "CNN" else "-")
+    ax.set(xscale="log", xlabel="classes (MNIST numbers of 1, 2, 3 digits)",
+           ylabel="test number accuracy (%)",
+           title="More classes: 96,000 digit presentations, 2 seeds")
+    ax.set_xticks(classes, [f"{c:,}" for c in classes])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, figures / "many_classes.png")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweeps", type=Path, help="the folder holding the sweeps' folders")
+    p.add_argument("--figures", type=Path, default=None, help="write the two figures here")
+    args = p.parse_args()
+    few, many = few_labels(args.sweeps), many_classes(args.sweeps)
+    print("## Question 6: few labels\n")
+    print(few_labels_tables(few))
+    print("\n## Question 7: more classes\n")
+    print(many_classes_tables(many))
+    if args.figures:
+        plot(few, many, args.figures)
+        print(f"\nfigures: {args.figures / 'few_labels.png'}, {args.figures / 'many_classes.png'}")
+
+
+if __name__ == "__main__":
+    main()
