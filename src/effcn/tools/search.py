@@ -216,6 +216,15 @@ def _counted(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def _stamp(path: Path):
+    """(size, mtime) of a file, None while it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def train_trial(spec: dict, trial, threads: int) -> float:
     """Train the trial's run in a child process; report each epoch's val_acc; prune it with
     SIGTERM when the pruner says so. Returns the run's best validation accuracy."""
@@ -237,11 +246,13 @@ def train_trial(spec: dict, trial, threads: int) -> float:
     env = run_env(threads)
     with open(log, "a") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        reported = 0
+        reported, seen, epochs = 0, None, []
         try:
             while True:
                 done = proc.poll() is not None
-                epochs = read_metrics(run_dir.metrics_path, kind="epoch")
+                stamp = _stamp(run_dir.metrics_path)
+                if stamp != seen:  # re-read the log only when it changed
+                    seen, epochs = stamp, read_metrics(run_dir.metrics_path, kind="epoch")
                 for record in epochs[reported:]:
                     trial.report(record["val_acc"], record["epoch"])
                     reported += 1
