@@ -75,6 +75,20 @@ def test_the_median_pruner_stops_bad_trials_early(tmp_path, synthetic_root):
     assert again.returncode == 0 and len(_trials(path)) == 4
 
 
+def test_a_trial_at_its_last_epoch_is_never_pruned(tmp_path, synthetic_root):
+    # Stopping it there saves no compute and loses its result (it happened in the batch x lr
+    # study: a 3-epoch trial pruned after epoch 3).
+    path = _sweep_file(tmp_path, synthetic_root, {
+        "sampler": "random", "trials": 2, "pruner": "median", "startup_trials": 1,
+        "warmup_epochs": 0, "params": {"optim.lr": {"choice": [0.003, 1e-7]}}}, epochs=1)
+    study = open_study(load_sweep(path))
+    for lr in (0.003, 1e-7):
+        study.enqueue_trial({"optim.lr": lr})
+    proc = _sweep(path, "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert [t.state for t in _trials(path)] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
 def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path, synthetic_root):
     path = _sweep_file(tmp_path, synthetic_root, {
         "sampler": "random", "trials": 4, "params": {"optim.lr": {"log_uniform": [1e-3, 1e-2]}}},

@@ -40,7 +40,8 @@ from ..errors import ConfigError, EffcnError
 from ..io import atomic_write_text, write_json
 from ..training.metrics import read_metrics
 from ..training.rundir import RunDir
-from .sweep_runs import SweepRun, format_value, run_command, run_env
+from ..training.config import load_config
+from .sweep_runs import SweepRun, format_value, overrides_for, run_command, run_env
 
 SEARCH_KEYS = {"sampler", "trials", "params", "pruner", "storage", "study", "seed",
                "startup_trials", "warmup_epochs", "heartbeat_interval", "grace_period",
@@ -241,6 +242,7 @@ def train_trial(spec: dict, trial, threads: int) -> float:
         write_json(run_dir.path / "trial.json", {**marker, "state": "complete"})
         return value
     cmd, _ = run_command(spec, run)
+    last_epoch = load_config(spec.get("base"), overrides_for(spec, run)).train.epochs
     log = Path(spec["dir"]) / "logs" / f"{run.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = run_env(threads)
@@ -256,7 +258,8 @@ def train_trial(spec: dict, trial, threads: int) -> float:
                 for record in epochs[reported:]:
                     trial.report(record["val_acc"], record["epoch"])
                     reported += 1
-                    if not done and trial.should_prune():
+                    # Pruning at the last epoch saves nothing and would lose the result.
+                    if not done and record["epoch"] < last_epoch and trial.should_prune():
                         proc.send_signal(signal.SIGTERM)  # effcn saves step.pt and exits 143
                         proc.wait()
                         write_json(run_dir.path / "trial.json",
