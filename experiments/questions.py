@@ -4,15 +4,15 @@ classes), from the sweeps' run folders.
     python experiments/questions.py SWEEPS_DIR [--figures docs/figures]
 
 SWEEPS_DIR holds the folders the sweep files name (semi_labels, semi_labels_long,
-semi_labels_cnn, numbers1, numbers2, numbers3, numbers_cnn). Prints markdown tables (test accuracy
+semi_labels_cnn, numbers1, numbers2, numbers3, numbers_cnn); the runs are read from their run
+folders (config.yaml, summary.json), so unfinished sweeps give what they have. Prints markdown tables (test accuracy
 mean ± sample std over seeds, n, training seconds, parameters, test reconstruction MSE) and writes
-few_labels.png and many_classes.png. Missing runs are left out and counted in n.
+few_labels.png and many_classes.png. n counts the finished runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from pathlib import Path
 
@@ -20,33 +20,33 @@ from effcn.training.rundir import RunDir
 
 LABELS = (100, 600, 1000, 6000)
 SEMI_ARMS = {  # (sweep, unlabeled_recon_weight, consistency_weight) -> column
-    ("semi_labels", "0", "0"): "supervised",
-    ("semi_labels", "0.392", "0"): "+ reconstruction",
-    ("semi_labels", "0", "1"): "+ consistency",
-    ("semi_labels", "0.392", "1"): "+ both",
+    ("semi_labels", 0.0, 0.0): "supervised",
+    ("semi_labels", 0.392, 0.0): "+ reconstruction",
+    ("semi_labels", 0.0, 1.0): "+ consistency",
+    ("semi_labels", 0.392, 1.0): "+ both",
     ("semi_labels_long", None, None): "supervised, 2x steps",
     ("semi_labels_cnn", None, None): "CNN",
 }
 CLASS_VARIANTS = {  # (caps_rank, decoder, decoder_conditioning) -> row
-    ("0", "fc", "masked"): "full W, masked decoder (the paper)",
-    ("0", "none", "masked"): "full W, no decoder",
-    ("0", "fc", "embedding"): "full W, embedding decoder",
-    ("4", "fc", "masked"): "rank 4, masked decoder",
-    ("16", "fc", "masked"): "rank 16, masked decoder",
-    ("16", "none", "masked"): "rank 16, no decoder",
+    (0, "fc", "masked"): "full W, masked decoder (the paper)",
+    (0, "none", "masked"): "full W, no decoder",
+    (0, "fc", "embedding"): "full W, embedding decoder",
+    (4, "fc", "masked"): "rank 4, masked decoder",
+    (16, "fc", "masked"): "rank 16, masked decoder",
+    (16, "none", "masked"): "rank 16, no decoder",
 }
 
 
 def read_sweep(sweeps: Path, name: str) -> list[dict]:
-    """The rows of a sweep's results.csv, each with its run's summary.json as ``summary``."""
-    path = sweeps / name / "results.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["summary"] = RunDir(sweeps / name / r["run"]).summary()
-    return [r for r in rows if r["summary"].get("test_acc") is not None]
+    """The finished runs of a sweep folder, each as {"config": Config, "summary": dict} (read
+    from the run folders, so a sweep still running gives its finished runs)."""
+    folder = sweeps / name
+    runs = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if RunDir.is_run(path) and RunDir(path).summary_path.is_file():
+            run = RunDir(path)
+            runs.append({"config": run.load_config(), "summary": run.summary()})
+    return runs
 
 
 def mean_std(xs: list, scale: float = 100.0, digits: int = 2) -> str:
@@ -62,10 +62,10 @@ def few_labels(sweeps: Path) -> dict:
     out = {arm: {n: [] for n in LABELS} for arm in SEMI_ARMS.values()}
     for (sweep, recon, cons), arm in SEMI_ARMS.items():
         for r in read_sweep(sweeps, sweep):
-            if recon is not None and (r["train.unlabeled_recon_weight"], r["train.consistency_weight"]) \
-                    != (recon, cons):
+            t = r["config"].train
+            if recon is not None and (t.unlabeled_recon_weight, t.consistency_weight) != (recon, cons):
                 continue
-            out[arm][int(r["data.labeled"])].append(r["summary"])
+            out[arm][r["config"].data.labeled].append(r["summary"])
     return out
 
 
@@ -74,11 +74,11 @@ def many_classes(sweeps: Path) -> dict:
     out = {v: {10 ** k: [] for k in (1, 2, 3)} for v in [*CLASS_VARIANTS.values(), "CNN"]}
     for k in (1, 2, 3):
         for r in read_sweep(sweeps, f"numbers{k}"):
-            key = (r["model.args.caps_rank"], r["model.args.decoder"],
-                   r["model.args.decoder_conditioning"])
+            args = r["config"].model.args
+            key = (args["caps_rank"], args["decoder"], args["decoder_conditioning"])
             out[CLASS_VARIANTS[key]][10 ** k].append(r["summary"])
     for r in read_sweep(sweeps, "numbers_cnn"):
-        out["CNN"][10 ** int(r["data.digits"])].append(r["summary"])
+        out["CNN"][10 ** r["config"].data.digits].append(r["summary"])
     return out
 
 
