@@ -143,7 +143,7 @@ def plot(few: dict, many: dict, figures: Path) -> None:
              linestyle="--" if arm in ("CNN", "supervised, 2x steps") else "-")
     ax.set(xscale="log", xlabel="labeled training images (of 12,000)",
            ylabel="MNIST test accuracy (%)",
-           title="Few labels: 375 batches, mean ± std over 3 seeds")
+           title="Few labels: 375 batches (2x steps: 750), mean ± std, 3 seeds")
     ax.set_xticks(LABELS, [f"{n:,}" for n in LABELS])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
