@@ -7,7 +7,8 @@ SWEEPS_DIR holds the folders the sweep files name (semi_labels, semi_labels_long
 semi_labels_cnn, numbers1, numbers2, numbers3, numbers_cnn); the runs are read from their run
 folders (config.yaml, summary.json), so unfinished sweeps give what they have. Prints markdown tables (test accuracy
 mean ± sample std over seeds, n, training seconds, parameters, test reconstruction MSE) and writes
-few_labels.png and many_classes.png. n counts the finished runs.
+few_labels.png and many_classes.png (and, with --recon, the reconstructions of two 1,000-class
+runs side by side). n counts the finished runs.
 """
 
 from __future__ import annotations
@@ -162,10 +163,33 @@ def plot(few: dict, many: dict, figures: Path) -> None:
     save_figure(fig, figures / "many_classes.png")
 
 
+def reconstruction_pair(masked_run: Path, embedding_run: Path, out: Path) -> None:
+    """The first 16 validation numbers and their reconstructions from two runs' figures
+    (``effcn visualize RUN --what recon`` writes RUN/figures/reconstructions.png), one above the
+    other, each titled with its decoder and test reconstruction MSE."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from effcn.analysis.imageio import save_figure
+    fig, axes = plt.subplots(2, 1, figsize=(12, 5.2))
+    for ax, run, what in zip(axes, (masked_run, embedding_run), (
+            "masked decoder (the paper: n_classes x 16 inputs)",
+            "embedding decoder (the kept capsule + a class embedding: 32 inputs)")):
+        image = plt.imread(RunDir(run).figures / "reconstructions.png")
+        ax.imshow(image[: image.shape[0] // 2], cmap="gray")  # two rows of numbers over their decodings
+        ax.set_axis_off()
+        ax.set_title(f"{what}: test reconstruction MSE {RunDir(run).summary()['test_recon']:.4f}",
+                     fontsize=10)
+    save_figure(fig, out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweeps", type=Path, help="the folder holding the sweeps' folders")
     p.add_argument("--figures", type=Path, default=None, help="write the two figures here")
+    p.add_argument("--recon", nargs=2, type=Path, metavar=("MASKED_RUN", "EMBEDDING_RUN"),
+                   help="also write reconstructions_1000_classes.png (into --figures) from "
+                        "these runs' reconstruction figures")
     args = p.parse_args()
     few, many = few_labels(args.sweeps), many_classes(args.sweeps)
     print("## Question 6: few labels\n")
@@ -175,6 +199,8 @@ def main() -> None:
     if args.figures:
         plot(few, many, args.figures)
         print(f"\nfigures: {args.figures / 'few_labels.png'}, {args.figures / 'many_classes.png'}")
+        if args.recon:
+            reconstruction_pair(*args.recon, args.figures / "reconstructions_1000_classes.png")
 
 
 if __name__ == "__main__":
