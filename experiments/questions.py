@@ -137,30 +137,24 @@ def plot(few: dict, many: dict, figures: Path) -> None:
                     yerr=[statistics.stdev(y) if len(y) > 1 else 0 for y in ys],
                     label=label, marker="o", capsize=3, **kw)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for arm, by in few.items():
-        line(ax, LABELS, [by[n] for n in LABELS], arm,
-             linestyle="--" if arm in ("CNN", "supervised, 2x steps") else "-")
-    ax.set(xscale="log", xlabel="labeled training images (of 12,000)",
-           ylabel="MNIST test accuracy (%)",
-           title="Few labels: 375 batches (2x steps: 750), mean ± std, 3 seeds")
-    ax.set_xticks(LABELS, [f"{n:,}" for n in LABELS])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, figures / "few_labels.png")
+    def figure(series: dict, xs: tuple, dashed: tuple, path: Path, **labels):
+        """One line per series ({name: {x: [summary, ...]}}) of test accuracy against xs."""
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for name, by in series.items():
+            line(ax, xs, [by[x] for x in xs], name, linestyle="--" if name in dashed else "-")
+        ax.set(xscale="log", **labels)
+        ax.set_xticks(xs, [f"{x:,}" for x in xs])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save_figure(fig, path)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    classes = (10, 100, 1000)
-    for row, by in many.items():
-        line(ax, classes, [by[c] for c in classes], row,
-             linestyle="--" if row == "CNN" else "-")
-    ax.set(xscale="log", xlabel="classes (MNIST numbers of 1, 2, 3 digits)",
+    figure(few, LABELS, ("CNN", "supervised, 2x steps"), figures / "few_labels.png",
+           xlabel="labeled training images (of 12,000)", ylabel="MNIST test accuracy (%)",
+           title="Few labels: 375 batches (2x steps: 750), mean ± std, 3 seeds")
+    figure(many, (10, 100, 1000), ("CNN",), figures / "many_classes.png",
+           xlabel="classes (MNIST numbers of 1, 2, 3 digits)",
            ylabel="test number accuracy (%)",
            title="More classes: 96,000 digit presentations, 2 seeds")
-    ax.set_xticks(classes, [f"{c:,}" for c in classes])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, figures / "many_classes.png")
 
 
 def reconstruction_pair(masked_run: Path, embedding_run: Path, out: Path) -> None:
