@@ -9,9 +9,10 @@
 
 The decoder is fully connected (MNIST) or, for smallNORB, an upsampling conv decoder
 (``decoder="conv"``); ``decoder_conditioning="embedding"`` feeds it the kept capsule and a class
-embedding instead of all masked capsules (ClassEmbeddingDecoder: for many classes). Presets (registered at the bottom): mnist (161,824 parameters without the
-decoder), multimnist, affnist (40x40), smallnorb (151,664), cifar10, numbers2 / numbers3 (28x56
-and 28x84 MNIST numbers, 100 and 1,000 classes), and tiny variants for tests.
+embedding instead of all masked capsules (ClassEmbeddingDecoder: for many classes). Presets
+(registered at the bottom): mnist (161,824 parameters without the decoder), multimnist, affnist
+(40x40), smallnorb (151,664), cifar10, numbers2 / numbers3 (28x56 and 28x84 MNIST numbers, 100
+and 1,000 classes), and tiny variants for tests.
 
 Inputs may be non-square: ``image_size`` is the height, ``image_width`` the width (0: square),
 and ``primary_kernel=0`` makes the depthwise kernel cover the whole final map, whatever its shape.
@@ -197,7 +198,7 @@ class ClassEmbeddingDecoder(nn.Module):
     """Masked capsules (B, n_classes * D) -> image: ``inner`` decodes [v, e_k] (B, 2D), v the one
     capsule the mask kept (the sum over classes: the others are zero) and e_k a learned
     embedding of its class k. The decoder's first layer then has 2D inputs instead of
-    n_classes * D (16 vs 16,000 x 512 weights at 1,000 classes), and reads the same masked input
+    n_classes * D (32 instead of 16,000 at 1,000 classes), and reads the same masked input
     as the paper's decoder, so every caller of a decoder works unchanged. A mask that keeps
     several capsules (the semi-supervised unlabeled_recon_mask=none) has no single class: refused
     by the tasks that would pass one."""
