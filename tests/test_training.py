@@ -137,6 +137,34 @@ def test_same_seed_same_run_and_resume_is_exact(synthetic_root, tmp_path):
     assert [r["train_loss"] for r in ea] == [r["train_loss"] for r in eb]
 
 
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_resumed_run_s_train_seconds_count_every_session(synthetic_root, tmp_path, saved):
+    first, _ = _train(synthetic_root, tmp_path, epochs=1, name="run")
+    first.fit()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert 0 < state["train_seconds"] <= json.loads(
+        (tmp_path / "run" / "summary.json").read_text())["wall_seconds"]
+    # Pretend the first session took long: 1,000 s in the checkpoint, or (a checkpoint from
+    # before train_seconds was saved) 1,000 s of logged epoch time.
+    if saved:
+        state["train_seconds"] = 1000.0
+    else:
+        del state["train_seconds"]
+        log = tmp_path / "run" / "metrics.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        for r in records:
+            if r["kind"] == "epoch":
+                r["epoch_seconds"] = 1000.0
+        log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    save_checkpoint(last, state)
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=2, name="run"))
+    summary = Trainer(config, run_dir=tmp_path / "run", resume=True, quiet=True).fit()
+    assert 1000 < summary["train_seconds"] < 1000 + summary["wall_seconds"]
+    assert load_checkpoint(last)["train_seconds"] == pytest.approx(summary["train_seconds"],
+                                                                   abs=5.0)
+
+
 def test_existing_named_run_dir_is_refused(synthetic_root, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("precious")

@@ -163,6 +163,9 @@ class Trainer:
         self.best = {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}
         self.test_set = None  # loaded on first use: every epoch with train.monitor_test
         self.start_epoch, self.skipped_steps = 1, 0
+        # Training seconds of the earlier sessions of a resumed run (checkpoints carry the total
+        # so far), and when this session's fit began: summary.json's train_seconds is the sum.
+        self.seconds_before, self._fit_started = 0.0, None
         if self.resume:
             path, state = self._resume_state()
             load_model_weights(self.model, state, path, weights="raw")
@@ -177,6 +180,8 @@ class Trainer:
             self.best, self.start_epoch = state["best"], state["epoch"] + 1
             self.skipped_steps = state.get("skipped_steps", 0)
             self.mid_epoch = state.get("mid_epoch")
+            self.seconds_before = (state["train_seconds"] if "train_seconds" in state
+                                   else self._seconds_logged(state))
             if self.mid_epoch and self.mid_epoch["world_size"] != self.dist.world_size:
                 raise ConfigError(f"{path} was written by {self.mid_epoch['world_size']} "
                                   f"process(es) in the middle of an epoch; resume it with as many "
@@ -204,7 +209,24 @@ class Trainer:
     def _state(self, epoch: int, **extra) -> dict:
         return checkpoint_state(self.model, self.config, epoch, self.class_names,
                                 self.optimizer, self.scheduler, self.best, self.ema,
-                                skipped_steps=self.skipped_steps, **extra)
+                                skipped_steps=self.skipped_steps,
+                                train_seconds=self.train_seconds(), **extra)
+
+    def train_seconds(self) -> float:
+        """Seconds of fit() so far, earlier sessions of a resumed run included."""
+        if self._fit_started is None:
+            return self.seconds_before
+        return self.seconds_before + time.perf_counter() - self._fit_started
+
+    def _seconds_logged(self, state: dict) -> float:
+        """A checkpoint from before train_seconds was saved: its epochs' logged training
+        seconds (validation not included), plus the part of the epoch a step.pt holds."""
+        if not self.run.metrics_path.is_file():
+            return 0.0
+        logged = sum(r.get("epoch_seconds", 0.0)
+                     for r in read_metrics(self.run.metrics_path, kind="epoch")
+                     if r["epoch"] <= state["epoch"])
+        return logged + (state.get("mid_epoch") or {}).get("seconds", 0.0)
 
     # ---------------------------------------------------------------- steps
     def evaluate_val(self) -> dict:
@@ -441,7 +463,7 @@ class Trainer:
         self.say(f"run directory: {self.run_dir}  ({self.n_train} train / {self.n_val} val "
                   f"{self.task.split_items}, device "
                   f"{self.device}, {self.precision})")
-        t_start = time.perf_counter()
+        self._fit_started = time.perf_counter()
         self._callbacks_started = True  # from here on a failure reaches on_exception
         self._emit("on_fit_start")
         try:
@@ -450,7 +472,7 @@ class Trainer:
         finally:
             if log is not None:
                 log.close()
-        return time.perf_counter() - t_start
+        return self.train_seconds()
 
     def _fit_epoch(self, epoch: int, log: MetricsLog | None) -> None:
         cfg = self.config
