@@ -145,6 +145,8 @@ def test_a_killed_worker_s_trial_is_retried_by_the_next_run(tmp_path, synthetic_
     ({"trials": 0, "params": {"optim.lr": {"choice": [1]}}}, "positive integer"),
     ({"trials": 2, "params": {"optim.lr": {"between": [0, 1]}}}, "needs exactly one of"),
     ({"trials": 2, "params": {"optim.lrr": {"choice": [0.1]}}}, "optim.lrr"),
+    ({"trials": 2, "sampler_startup_trials": -1, "params": {"optim.lr": {"choice": [1]}}},
+     "search.sampler_startup_trials must be a whole number >= 0, not -1"),
 ])
 def test_bad_search_sections_are_one_sentence(tmp_path, synthetic_root, search, message):
     path = _sweep_file(tmp_path, synthetic_root, search, epochs=1)
@@ -189,3 +191,15 @@ def test_a_continued_study_does_not_propose_its_first_settings_again(tmp_path, s
     study = open_study(load_sweep(other))
     trial = study.ask()
     assert trial.suggest_float("optim.lr", 1.0e-4, 1.0e-2, log=True) == first[0]
+
+
+def test_tpe_start_up_trials_are_a_setting(tmp_path, synthetic_root):
+    # With Optuna's 10 random start-up trials, half of a 20-trial TPE study is random search.
+    params = {"optim.lr": {"log_uniform": [1.0e-4, 1.0e-2]}}
+    default = _sweep_file(tmp_path, synthetic_root, {"sampler": "tpe", "trials": 4,
+                                                    "params": params}, epochs=1)
+    short = _sweep_file(tmp_path, synthetic_root, {"sampler": "tpe", "trials": 4,
+                                                  "sampler_startup_trials": 3,
+                                                  "params": params}, epochs=1, name="short")
+    assert open_study(load_sweep(default)).sampler._n_startup_trials == 10
+    assert open_study(load_sweep(short)).sampler._n_startup_trials == 3

@@ -44,7 +44,8 @@ from ..training.config import load_config
 from .sweep_runs import SweepRun, format_value, overrides_for, run_command, run_env
 
 SEARCH_KEYS = {"sampler", "trials", "params", "pruner", "storage", "study", "seed",
-               "startup_trials", "warmup_epochs", "heartbeat_interval", "grace_period",
+               "startup_trials", "sampler_startup_trials", "warmup_epochs",
+               "heartbeat_interval", "grace_period",
                "max_retry", "poll_seconds"}
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "hyperband")
@@ -86,6 +87,7 @@ def check_search(spec: dict, path) -> dict:
     search.setdefault("study", Path(path).stem)
     search.setdefault("seed", 0)
     search.setdefault("startup_trials", 5)
+    search.setdefault("sampler_startup_trials", 10)  # Optuna's TPE default
     search.setdefault("warmup_epochs", 1)
     search.setdefault("heartbeat_interval", 60)
     search.setdefault("grace_period", 120)
@@ -98,6 +100,10 @@ def check_search(spec: dict, path) -> dict:
     if search["pruner"] not in PRUNERS:
         raise ConfigError(f"search.pruner {search['pruner']!r}: choose one of "
                           f"{', '.join(PRUNERS)}.")
+    for key in ("startup_trials", "sampler_startup_trials", "warmup_epochs"):
+        if not isinstance(search[key], int) or search[key] < 0:
+            raise ConfigError(f"sweep file {path}: search.{key} must be a whole number >= 0, "
+                              f"not {search[key]!r}.")
     if not isinstance(search.get("trials"), int) or search["trials"] < 1:
         raise ConfigError(f"sweep file {path}: search.trials must be a positive integer.")
     params = search.get("params")
@@ -180,7 +186,8 @@ def open_study(spec: dict):
     elif search["sampler"] == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=int(search["sampler_startup_trials"]))
     if search["pruner"] == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=int(search["startup_trials"]),
                                              n_warmup_steps=int(search["warmup_epochs"]))
