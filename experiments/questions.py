@@ -34,6 +34,7 @@ CLASS_VARIANTS = {  # (caps_rank, decoder, decoder_conditioning) -> row
     (0, "fc", "embedding"): "full W, embedding decoder",
     (4, "fc", "masked"): "rank 4, masked decoder",
     (16, "fc", "masked"): "rank 16, masked decoder",
+    (32, "fc", "masked"): "rank 32, masked decoder",
 }
 
 
