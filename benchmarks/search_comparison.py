@@ -28,9 +28,8 @@ def study_curve(folder: Path) -> dict:
             continue
         seen.add(r["run"])
         epochs = read_metrics(folder / r["run"] / "metrics.jsonl", kind="epoch")
-        trials.append({**r, "epochs": len(epochs),
-                       "seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
-                       "val": max((e["val_acc"] for e in epochs), default=0.0)})
+        trials.append({**r, "epochs": len(epochs), "val": float(r["best_val_acc"]),
+                       "seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs)})
     return {"trials": trials, "epochs": sum(t["epochs"] for t in trials),
             "seconds": sum(t["seconds"] for t in trials)}
 
@@ -49,10 +48,10 @@ def main() -> None:
         folder = Path(path)
         c = curves[label or folder.name] = study_curve(folder)
         complete = [t for t in c["trials"] if t["state"] == "complete"]
-        best = max(complete, key=lambda t: float(t["best_val_acc"]))
+        best = max(complete, key=lambda t: t["val"])
         reached = next(i for i, t in enumerate(c["trials"], 1) if t["val"] >= best["val"])
         print(f"| {label or folder.name} | {len(complete)} / {len(c['trials']) - len(complete)} | "
-              f"{c['epochs']} | {c['seconds'] / 60:.1f} | {100 * float(best['best_val_acc']):.2f}% "
+              f"{c['epochs']} | {c['seconds'] / 60:.1f} | {100 * best['val']:.2f}% "
               f"(t{best['trial']}: lr {float(best['optim.lr']):.2g}, batch "
               f"{best['train.batch_size']}) | {100 * float(best['test_acc']):.2f}% | {reached} |")
     if args.out:

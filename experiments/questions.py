@@ -14,6 +14,7 @@ runs side by side). n counts the finished runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from pathlib import Path
 
@@ -38,6 +39,7 @@ CLASS_VARIANTS = {  # (caps_rank, decoder, decoder_conditioning) -> row
 }
 
 
+@functools.lru_cache(maxsize=None)
 def read_sweep(sweeps: Path, name: str) -> list[dict]:
     """The finished runs of a sweep folder, each as {"config": Config, "summary": dict} (read
     from the run folders, so a sweep still running gives its finished runs)."""

@@ -252,13 +252,12 @@ class EfficientCapsNet(nn.Module):
                                                uniform=c.routing == "uniform", rank=c.caps_rank)
         decoder_cls = {"fc": FCDecoder, "conv": ConvDecoder}.get(c.decoder)
         self.decoder = None
-        if decoder_cls and c.decoder_conditioning == "embedding":
-            self.decoder = ClassEmbeddingDecoder(
-                c.num_classes, c.caps_dim,
-                decoder_cls(2 * c.caps_dim, c.decoder_hidden, (c.in_channels, *c.image_shape())))
-        elif decoder_cls:
-            self.decoder = decoder_cls(c.num_classes * c.caps_dim, c.decoder_hidden,
-                                       (c.in_channels, *c.image_shape()))
+        if decoder_cls:
+            embedded = c.decoder_conditioning == "embedding"
+            self.decoder = decoder_cls((2 if embedded else c.num_classes) * c.caps_dim,
+                                       c.decoder_hidden, (c.in_channels, *c.image_shape()))
+            if embedded:
+                self.decoder = ClassEmbeddingDecoder(c.num_classes, c.caps_dim, self.decoder)
 
     def encode(self, x: torch.Tensor, return_routing: bool = False):
         """x (B, C, H, W) float -> digit capsules (B, n_classes, D) [, c, A]."""
