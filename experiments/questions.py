@@ -160,6 +160,21 @@ def plot(few: dict, many: dict, figures: Path) -> None:
            title="More classes: 96,000 digit presentations, 2 seeds")
 
 
+def mean_image_mse(k: int) -> float:
+    """MSE of predicting every test number of k digits as the mean test number: the error a
+    decoder that learned only the average image has (the data from $EFFCN_DATA)."""
+    import torch
+    from effcn.training.config import load_config
+    from effcn.training.splits import load_test
+    from effcn.training.tasks import task_for
+    model = {1: "efficient_capsnet_mnist"}.get(k, f"efficient_capsnet_numbers{k}")
+    config = load_config(None, ["data.dataset=mnist_numbers", f"data.digits={k}",
+                                f"model.name={model}"])
+    test = task_for(config).eval_set(load_test(config, torch.device("cpu")), "test")
+    x = test.batch(0, len(test)).x
+    return ((x - x.mean(dim=0, keepdim=True)) ** 2).mean().item()
+
+
 def reconstruction_pair(masked_run: Path, embedding_run: Path, out: Path) -> None:
     """The first 16 validation numbers and their reconstructions from two runs' figures
     (``effcn visualize RUN --what recon`` writes RUN/figures/reconstructions.png), one above the
@@ -187,12 +202,18 @@ def main() -> None:
     p.add_argument("--recon", nargs=2, type=Path, metavar=("MASKED_RUN", "EMBEDDING_RUN"),
                    help="also write reconstructions_1000_classes.png (into --figures) from "
                         "these runs' reconstruction figures")
+    p.add_argument("--mean-image-mse", action="store_true",
+                   help="also print the MSE of the mean test image at 1, 2, 3 digits (the "
+                        "reconstruction error to beat; reads MNIST from $EFFCN_DATA)")
     args = p.parse_args()
     few, many = few_labels(args.sweeps), many_classes(args.sweeps)
     print("## Question 6: few labels\n")
     print(few_labels_tables(few))
     print("\n## Question 7: more classes\n")
     print(many_classes_tables(many))
+    if args.mean_image_mse:
+        print("\nMSE of the mean test image: " + ", ".join(
+            f"{10 ** k:,} classes {mean_image_mse(k):.4f}" for k in (1, 2, 3)))
     if args.figures:
         plot(few, many, args.figures)
         print(f"\nfigures: {args.figures / 'few_labels.png'}, {args.figures / 'many_classes.png'}")

@@ -112,3 +112,5 @@ def test_threads_per_run_honours_the_flag_then_the_environment(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert threads_per_run(1) == 1 and run_env(threads_per_run(1))["OMP_NUM_THREADS"] == "1"
     assert threads_per_run(1, threads=3) == 3
+    with pytest.raises(ConfigError, match="--threads must be at least 1, not 0"):
+        threads_per_run(1, threads=0)

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..training.rundir import RunDir
 
 
@@ -40,7 +41,10 @@ def threads_per_run(workers: int, threads: int | None = None) -> int:
     OMP_NUM_THREADS when set (two sweeps side by side, each told to use one core, must not each
     take every core: OpenMP threads that outnumber the cores run several times slower), else the
     cores shared among the workers."""
-    if threads:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, not {threads}; leave it out to use "
+                          f"$OMP_NUM_THREADS or the cores divided among the workers.")
+    if threads is not None:
         return threads
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
