@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv with effcn (editable) and all its extras.
 # Never lets pip pull a CUDA build of torch onto a CPU machine: if no torch is importable, the
-# CPU build torch==2.13.0 is installed first, from a local CPU wheel if pip finds one, else from
-# PyTorch's CPU index (another version: EFFCN_TORCH="torch==X.Y.Z"); a torch already installed
-# system-wide (e.g. a CUDA build on a GPU machine) is reused as it is.
+# CPU build torch==2.13.0+cpu is installed first, from a local wheel if pip finds one, else with
+# PyTorch's CPU index as an extra index (another version: EFFCN_TORCH="torch==X.Y.Z+cpu"); a torch
+# already installed system-wide (e.g. a CUDA build on a GPU machine) is reused as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,16 +15,11 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  spec=${EFFCN_TORCH:-torch==2.13.0}
-  # Which wheel would plain pip take? A CPU build (a local +cpu wheel) is used as it is; anything
-  # else (on Linux, PyPI's torch is the CUDA build, several GB) comes from PyTorch's CPU index.
-  url=$(.venv/bin/pip install -q --dry-run --report - "$spec" 2>/dev/null | .venv/bin/python -c \
-    "import json, sys; r = json.load(sys.stdin); print(next(i['download_info']['url'] for i in r['install'] if i['metadata']['name'] == 'torch'))" 2>/dev/null || true)
-  case "$url" in
-    *%2Bcpu*|*+cpu*) .venv/bin/pip install -q "$spec" ;;
-    *) .venv/bin/pip install -q "$spec" --index-url https://download.pytorch.org/whl/cpu \
-         --extra-index-url https://pypi.org/simple ;;
-  esac
+  # The exact +cpu build: pip can never resolve it to a CUDA wheel. A local wheel (pip's
+  # find-links) serves it as it is; otherwise PyTorch's CPU index is added as an extra index.
+  spec=${EFFCN_TORCH:-torch==2.13.0+cpu}
+  .venv/bin/pip install -q "$spec" 2>/dev/null \
+    || .venv/bin/pip install -q "$spec" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 .venv/bin/pip install -q -e ".[all]"
 .venv/bin/python -c "import torch, effcn; print(f'effcn {effcn.__version__} ready (torch {torch.__version__})')"
