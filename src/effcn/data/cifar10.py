@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
 
 from effcn.data.base import LocalDataset, read_bytes
 from effcn.data.download import download_first, safe_extract_tar
