@@ -7,8 +7,7 @@ the usual places (see :meth:`effcn.data.base.LocalDataset.search_dirs`).
 
 from __future__ import annotations
 
-from effcn.data.idx import IDXClassification
-from effcn.data.mnist import MNIST_FILES
+from effcn.data.idx import MNIST_FILES, IDXClassification
 
 
 class FashionMNIST(IDXClassification):

@@ -34,6 +34,12 @@ _CODES = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
 
 DEFAULT_FIX = "replace it with an intact copy"
 
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+"""MNIST's file names per split, the default layout of :class:`IDXClassification`."""
+
 
 def read_idx_bytes(path: PathLike, *, what: str = "IDX file", fix: str = DEFAULT_FIX) -> bytes:
     """Return the content of ``path``, decompressed if it starts with the gzip magic bytes.
@@ -127,7 +133,7 @@ class IDXClassification(LocalDataset):
     (N, H, W); ``labels``: int64 tensor (N,). Items are ``(image uint8 (1, H, W), label int)``.
     """
 
-    files: Dict[str, Tuple[str, str]] = {}
+    files: Dict[str, Tuple[str, str]] = MNIST_FILES  # split -> (images file, labels file)
     image_size: Optional[Tuple[int, int]] = (28, 28)  # (H, W); None: taken from the files
 
     @classmethod

@@ -10,13 +10,8 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
-from effcn.data.idx import IDXClassification
+from effcn.data.idx import MNIST_FILES, IDXClassification
 from effcn.errors import DataError
-
-MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 
 
 class MNIST(IDXClassification):
