@@ -40,17 +40,17 @@ Every step works on a whole batch ``(B, C, H, W)`` at once, on the images' devic
 Python loop over samples and no host-device sync. Drawing the random numbers
 (:func:`sample_params`) is separate from using them (:func:`apply_params` and the per-step
 functions :func:`rotate`, :func:`shift_amounts`, :func:`~effcn.data.geometry.translate`,
-:func:`squish`, :func:`erase`); :func:`apply_params` is the one function that applies the whole
-policy to a batch, so the distributions can be tested on their own; the draws do not depend on the
-options, so one (seed, epoch) generator gives the same draws under every variant.
+:func:`squish`, :func:`erase`), so the distributions can be tested on their own; the draws do not
+depend on the options, so one (seed, epoch) generator gives the same draws under every variant.
+:func:`apply_params` is the one function that applies the whole policy to a batch.
 
 How exact: the rotation repeats cv2's fixed-point ``warpAffine`` (:func:`cv2_rotate` in
 :mod:`effcn.data.transforms.cv2_tf`: sampling positions rounded to 1/32 pixel, exact bilinear
 weights, the same summation order). The Lanczos weights follow TensorFlow's float32 arithmetic
-step by step (:func:`tf_resize_weights`, same module), including the row pass TensorFlow runs for the unchanged height (a near-identity whose
-off-diagonal weights are about -2.3e-8: they make the exact zeros above and below a stroke
-slightly negative, which is part of the authors' share of pixels below 0); sums run in another
-order than TensorFlow's, so outputs agree to about 1e-7. The random numbers come from torch's
+step by step (:func:`tf_resize_weights`, same module), including the row pass TensorFlow runs
+for the unchanged height (a near-identity whose off-diagonal weights are about -2.3e-8: they make
+the exact zeros above and below a stroke slightly negative, which is part of the authors' share
+of pixels below 0); sums run in another order than TensorFlow's, so outputs agree to about 1e-7. The random numbers come from torch's
 generators, not TensorFlow's: same distributions, different draws.
 """
 
