@@ -50,8 +50,9 @@ weights, the same summation order). The Lanczos weights follow TensorFlow's floa
 step by step (:func:`tf_resize_weights`, same module), including the row pass TensorFlow runs
 for the unchanged height (a near-identity whose off-diagonal weights are about -2.3e-8: they make
 the exact zeros above and below a stroke slightly negative, which is part of the authors' share
-of pixels below 0); sums run in another order than TensorFlow's, so outputs agree to about 1e-7. The random numbers come from torch's
-generators, not TensorFlow's: same distributions, different draws.
+of pixels below 0); sums run in another order than TensorFlow's, so outputs agree to about 1e-7.
+The random numbers come from torch's generators, not TensorFlow's: same distributions, different
+draws.
 """
 
 from __future__ import annotations
