@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from effcn.data.augment import build_augment
+from effcn.data.transforms import build_augment
 from effcn.models import create_model
 from effcn.training.tasks.classification import classification_loss_parts
 

@@ -13,8 +13,8 @@ import torch
 
 from effcn.data.affnist import (AffNIST, AffNISTStyle, MNIST40, affine_matrices, crop_and_place,
                                 make_affnist_style, read_affnist_mat, warp_digits)
-from effcn.data.augment import build_augment, margins
-from effcn.data.canvas import pad_to, place_randomly
+from effcn.data.geometry import margins, pad_to, place_randomly
+from effcn.data.transforms import build_augment
 from effcn.errors import DataError
 
 from helpers import REPO, asymmetric_images, quick_overrides, set_args, write_affnist_mat

@@ -1,4 +1,4 @@
-"""Tests for effcn.data.augment: the paper's MNIST augmentation, batched.
+"""Tests for effcn.data.transforms.mnist_policy: the paper's MNIST augmentation, batched.
 
 The authors'-code specifics of the default (shift rounding, TensorFlow's Lanczos-3 squish, cv2's
 rotation centre) and the comparison with statistics of the authors' own code are in
@@ -12,20 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from effcn.data.augment import (
+from effcn.data.geometry import margins, translate
+from effcn.data.transforms import build_augment
+from effcn.data.transforms.mnist_policy import (
     OPTIONS,
     PARTS,
     AugmentConfig,
     MNISTAugment,
     apply_params,
-    build_augment,
     erase,
-    margins,
     rotate,
     sample_params,
     shift_amounts,
     squish,
-    translate,
 )
 from effcn.errors import ConfigError
 

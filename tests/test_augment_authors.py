@@ -16,19 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from effcn.data.augment import (
+from effcn.data.geometry import margins, translate
+from effcn.data.transforms.cv2_tf import tf_resize_weights
+from effcn.data.transforms.mnist_policy import (
     OPTIONS,
     AugmentConfig,
     MNISTAugment,
     apply_params,
     erase,
-    margins,
     rotate,
     sample_params,
     shift_amounts,
     squish,
-    tf_resize_weights,
-    translate,
 )
 
 SIGMA, CLIP = 0.33, 0.9999

@@ -436,3 +436,65 @@ def test_safe_extract_tar_corrupt(tmp_path):
     (tmp_path / "c.tar.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="corrupt or truncated"):
         safe_extract_tar(tmp_path / "c.tar.gz", tmp_path / "out")
+
+
+# ---- the neutral base ------------------------------------------------------------------------
+
+
+def text_digits_class():
+    """A LocalDataset of another format (integers as text), to show the base is not IDX's."""
+    from effcn.data.base import LocalDataset
+
+    class TextDigits(LocalDataset):
+        name, display_name, description = "textdigits", "TextDigits", "digits as text."
+        files = {"train": ("images.txt", "labels.txt")}
+        classes = [str(i) for i in range(10)]
+
+        @classmethod
+        def parse(cls, data, path, what, fix):
+            try:
+                return np.array([int(v) for v in data.split()], np.int64)
+            except ValueError:
+                raise DataError(f"{what} {path} is not a list of integers; {fix}.") from None
+
+        def _load(self, folder, split):
+            images, labels = (self._read(folder, f) for f in self.files[split])
+            return images.astype(np.uint8).reshape(-1, 2, 2), labels
+
+    return TextDigits
+
+
+def test_the_base_locates_reads_verifies_and_adds_the_channel_for_any_format(tmp_path):
+    import hashlib
+
+    cls = text_digits_class()
+    (tmp_path / "textdigits").mkdir()
+    images, labels = b"1 2 3 4 5 6 7 8", b"3 9"
+    (tmp_path / "textdigits" / "images.txt.gz").write_bytes(gzip.compress(images))
+    (tmp_path / "textdigits" / "labels.txt").write_bytes(labels)
+    cls.sha256 = {"images.txt": hashlib.sha256(images).hexdigest()}  # of the decompressed content
+    cls.md5 = {"labels.txt": hashlib.md5(labels).hexdigest()}
+    ds = cls(tmp_path, "train")
+    assert ds.root == tmp_path / "textdigits" and len(ds) == 2 and ds.num_classes == 10
+    image, label = ds[1]
+    assert image.shape == (1, 2, 2) and image.dtype == torch.uint8 and label == 9
+    assert image.flatten().tolist() == [5, 6, 7, 8]
+    cls.md5 = {"labels.txt": "0" * 32}
+    with pytest.raises(DataError, match="TextDigits file .*labels.txt is corrupt or a different "
+                                        "version: its decompressed MD5 starts with"):
+        cls(tmp_path, "train")
+    with pytest.raises(DataError, match="TextDigits has no split 'test'"):
+        cls(tmp_path, "test")
+    with pytest.raises(DataError, match=r"not found in .*; pass root="):
+        cls(tmp_path / "elsewhere", "train")
+
+
+def test_smallnorb_and_cifar10_derive_from_the_base_not_from_idx():
+    from effcn.data import CIFAR10, FashionMNIST, SmallNORB
+    from effcn.data.base import LocalDataset
+    from effcn.data.idx import IDXClassification
+
+    for cls in (SmallNORB, CIFAR10):
+        assert issubclass(cls, LocalDataset) and not issubclass(cls, IDXClassification)
+    for cls in (MNIST, FashionMNIST, IDXFolder):
+        assert issubclass(cls, IDXClassification)

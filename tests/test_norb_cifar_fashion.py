@@ -16,7 +16,8 @@ import torch
 from effcn.cli import main
 from effcn.data import CIFAR10, FashionMNIST, SmallNORB, get_dataset
 from effcn.data.cifar10 import load_batch
-from effcn.data.preprocess import CIFARAugment, SmallNORBPreprocess, crop_batch, standardize
+from effcn.data.geometry import crop_batch
+from effcn.data.transforms.preprocess import CIFARAugment, SmallNORBPreprocess, standardize
 from effcn.data.smallnorb import norb_bytes, parse_norb
 from effcn.errors import ConfigError, DataError
 from effcn.training.config import load_config

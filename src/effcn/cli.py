@@ -272,7 +272,7 @@ DIGIT_DATASETS = ("mnist", "idx", "mnist40", "affnist")
 def cmd_predict(args) -> int:
     import torch
 
-    from .data.augment import build_augment
+    from .data.transforms import build_augment
     from .data.user_images import load_image
     from .models import input_shape
     from .training.checkpoint import model_from_checkpoint

@@ -6,44 +6,55 @@ classmethods ``search_dirs(root) -> [Path]`` (folders searched, in order) and
 ``locate(root, split) -> Path | None`` (the folder holding that split, without reading it),
 and names its splits in ``splits`` (a tuple) or as the keys of a ``files`` dict.
 Items are ``(image uint8 tensor (C, H, W), int label)``.
+
+The dataset modules are imported on first use of ``DATASETS`` or a class name (PEP 562), so
+``effcn.data.transforms`` and ``effcn.data.geometry`` load without any dataset module.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Dict, List, Optional
 
-from effcn.data.affnist import MNIST40, AffNIST, AffNISTStyle
-from effcn.data.cifar10 import CIFAR10
-from effcn.data.fashion_mnist import FashionMNIST
-from effcn.data.mnist import IDXClassification, IDXFolder, MNIST
-from effcn.data.multimnist import MultiMNIST
-from effcn.data.numbers import MNISTNumbers
-from effcn.data.smallnorb import SmallNORB
 from effcn.errors import DataError
 
-DATASETS: Dict[str, type] = {
-    "mnist": MNIST,
-    "idx": IDXFolder,
-    "fashion_mnist": FashionMNIST,
-    "smallnorb": SmallNORB,
-    "cifar10": CIFAR10,
-    "mnist40": MNIST40,
-    "affnist": AffNIST,
-    "affnist_style": AffNISTStyle,
-    "multimnist": MultiMNIST,
-    "mnist_numbers": MNISTNumbers,
+_CLASSES = {  # public class -> its module under effcn.data
+    "LocalDataset": "base", "IDXClassification": "idx", "MNIST": "mnist", "IDXFolder": "mnist",
+    "FashionMNIST": "fashion_mnist", "SmallNORB": "smallnorb", "CIFAR10": "cifar10",
+    "MNIST40": "affnist", "AffNIST": "affnist", "AffNISTStyle": "affnist",
+    "MultiMNIST": "multimnist", "MNISTNumbers": "numbers",
 }
+_REGISTERED = {  # registry key -> class name
+    "mnist": "MNIST", "idx": "IDXFolder", "fashion_mnist": "FashionMNIST",
+    "smallnorb": "SmallNORB", "cifar10": "CIFAR10", "mnist40": "MNIST40", "affnist": "AffNIST",
+    "affnist_style": "AffNISTStyle", "multimnist": "MultiMNIST", "mnist_numbers": "MNISTNumbers",
+}
+
+
+def __getattr__(name: str):
+    if name in _CLASSES:
+        value = getattr(importlib.import_module(f"effcn.data.{_CLASSES[name]}"), name)
+    elif name == "DATASETS":
+        value = {key: __getattr__(cls) for key, cls in _REGISTERED.items()}
+    else:
+        raise AttributeError(f"module 'effcn.data' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def _datasets() -> Dict[str, type]:
+    return globals()["DATASETS"] if "DATASETS" in globals() else __getattr__("DATASETS")
 
 
 def list_datasets() -> List[str]:
     """Registered dataset names, sorted."""
-    return sorted(DATASETS)
+    return sorted(_datasets())
 
 
 def get_dataset(name: str) -> type:
     """The dataset class registered as ``name``."""
     try:
-        return DATASETS[name]
+        return _datasets()[name]
     except KeyError:
         raise DataError(
             f"Unknown dataset {name!r}; use one of {', '.join(list_datasets())} (CLI: --set data.dataset=...)."
@@ -58,7 +69,7 @@ def describe_datasets(root: Optional[str] = None) -> List[Dict[str, object]]:
     """
     out = []
     for name in list_datasets():
-        cls = DATASETS[name]
+        cls = get_dataset(name)
         splits = {}
         for split in getattr(cls, "splits", None) or tuple(cls.files):
             folder = cls.locate(root, split)
@@ -74,5 +85,4 @@ def describe_datasets(root: Optional[str] = None) -> List[Dict[str, object]]:
     return out
 
 
-__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", "IDXClassification", "MNIST", "IDXFolder", "FashionMNIST",
-           "SmallNORB", "CIFAR10"]
+__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", *_CLASSES]

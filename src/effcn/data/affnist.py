@@ -26,12 +26,11 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from effcn.data.augment import margins, translate
-from effcn.data.canvas import pad_to, place_randomly
+from effcn.data.base import cache_dir, dedupe_dirs
 from effcn.data.download import download_url
-from effcn.data.mnist import MNIST, _dedupe, cache_dir
+from effcn.data.geometry import margins, pad_to, place_randomly, translate, warp_affine
+from effcn.data.mnist import MNIST
 from effcn.errors import DataError
 from effcn.io import writing_error
 
@@ -164,12 +163,12 @@ class AffNIST(torch.utils.data.Dataset):
     def search_dirs(cls, root: Optional[os.PathLike] = None) -> List[Path]:
         """root, root/affnist; without a root: $EFFCN_DATA/affnist, $EFFCN_DATA, the cache."""
         if root is not None:
-            return _dedupe([Path(root).expanduser(), Path(root).expanduser() / cls.name])
+            return dedupe_dirs([Path(root).expanduser(), Path(root).expanduser() / cls.name])
         dirs = []
         env = os.environ.get("EFFCN_DATA")
         if env:
             dirs += [Path(env).expanduser() / cls.name, Path(env).expanduser()]
-        return _dedupe(dirs + [cache_dir() / cls.name])
+        return dedupe_dirs(dirs + [cache_dir() / cls.name])
 
     @classmethod
     def locate(cls, root: Optional[os.PathLike] = None, split: str = "test") -> Optional[Path]:
@@ -229,8 +228,7 @@ def _warp(images: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     """Apply forward maps (B, 2, 2) about the centre of square (B, 1, S, S) float images."""
     theta = torch.zeros(len(images), 2, 3, dtype=torch.float32)
     theta[:, :, :2] = torch.linalg.inv(forward).float()  # affine_grid maps output -> input
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warp_affine(images, theta)
 
 
 WARP_CANVAS = 64  # large enough for any 28x28 digit under the default transforms

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
 
+from effcn.data.base import LocalDataset, read_bytes
 from effcn.data.download import download_first, safe_extract_tar
-from effcn.data.mnist import IDXClassification
 from effcn.errors import DataError
 
 BATCHES_DIR = "cifar-10-batches-py"
@@ -64,11 +63,11 @@ def load_batch(data: bytes, path="<bytes>") -> Tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-class CIFAR10(IDXClassification):
+class CIFAR10(LocalDataset):
     """CIFAR-10: images uint8 (N, 3, 32, 32), labels int64 (N,).
 
     Looked for as the batch files themselves or inside ``cifar-10-batches-py/`` of every folder
-    of :meth:`IDXClassification.search_dirs`; ``download=True`` fetches and checks the archive,
+    of :meth:`LocalDataset.search_dirs`; ``download=True`` fetches and checks the archive,
     then extracts it (refusing members outside the target folder).
     """
 
@@ -87,7 +86,7 @@ class CIFAR10(IDXClassification):
         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
         "test_batch": "40351d587109b95175f43aff81a1287e",
     }
-    sha256: Dict[str, str] = {}
+    gzip_files = False  # MD5s of the batch files as stored
     mirrors = ["https://www.cs.toronto.edu/~kriz/"]
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck"]
@@ -128,29 +127,24 @@ class CIFAR10(IDXClassification):
         safe_extract_tar(archive, folder)
         return folder / BATCHES_DIR
 
-    def _read_batch(self, folder: Path, fname: str) -> Tuple[np.ndarray, np.ndarray]:
-        path = self.find_file(folder, fname)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise DataError(f"CIFAR-10 file {path} cannot be read ({e.strerror or e}); check "
-                            f"its permissions.") from None
-        expected = self.md5.get(fname)
-        if expected and hashlib.md5(data).hexdigest() != expected:
-            raise DataError(f"CIFAR-10 file {path} is corrupt or a different version: its MD5 "
-                            f"starts with {hashlib.md5(data).hexdigest()[:12]}, expected "
-                            f"{expected[:12]}; {self._fix()}.")
+    @classmethod
+    def parse(cls, data: bytes, path, what: str, fix: str) -> Tuple[np.ndarray, np.ndarray]:
+        """A python batch -> (images uint8 (N, 3, 32, 32), labels int64 (N,))."""
         return load_batch(data, path)
 
+    def _read(self, folder: Path, fname: str) -> Tuple[np.ndarray, np.ndarray]:
+        """One batch file, its MD5 verified BEFORE it is unpickled."""
+        path = self.find_file(folder, fname)
+        what, fix = f"{self._title()} file", self._fix()
+        data = read_bytes(path, what=what, fix=fix, decompress=False)
+        self.verify(data, fname, path, what, fix)
+        return self.parse(data, path, what, fix)
+
     def _load(self, folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
-        parts = [self._read_batch(folder, f) for f in self.files[split]]
+        parts = [self._read(folder, f) for f in self.files[split]]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
             raise DataError(f"CIFAR-10 files in {folder} hold labels from {labels.min()} to "
                             f"{labels.max()}, expected 0 to 9; {self._fix()}.")
         return images, labels
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        """``(image uint8 (3, 32, 32), label)``."""
-        return self.images[index], int(self.labels[index])

@@ -2,12 +2,12 @@
 
 Found automatically in Debian's ``dataset-fashion-mnist`` package folder
 (``apt-get install dataset-fashion-mnist`` -> /usr/share/datasets/fashion-mnist) as well as in
-the usual places (see :meth:`IDXClassification.search_dirs`).
+the usual places (see :meth:`effcn.data.base.LocalDataset.search_dirs`).
 """
 
 from __future__ import annotations
 
-from effcn.data.mnist import MNIST_FILES, IDXClassification
+from effcn.data.idx import MNIST_FILES, IDXClassification
 
 
 class FashionMNIST(IDXClassification):

@@ -1,7 +1,10 @@
-"""Reading and writing IDX files (the MNIST file format), gzip'd or plain.
+"""IDX files (the MNIST file format), gzip'd or plain, and the datasets stored in them.
 
 Layout: two zero bytes, a type code, the number of dimensions ``ndim``, then ``ndim``
 big-endian uint32 sizes, then the values in C order, big-endian.
+
+:class:`IDXClassification` is the IDX family of :class:`effcn.data.base.LocalDataset`: an
+images file and a labels file per split (MNIST, Fashion-MNIST, your own IDX folder).
 """
 
 from __future__ import annotations
@@ -9,18 +12,14 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import zlib
 from pathlib import Path
-from typing import Union
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from effcn.data.base import LocalDataset, PathLike, read_bytes
 from effcn.errors import DataError, filesystem_error
 from effcn.io import writing_error
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 # IDX type code -> big-endian numpy dtype.
 IDX_DTYPES = {
@@ -35,29 +34,19 @@ _CODES = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
 
 DEFAULT_FIX = "replace it with an intact copy"
 
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+"""MNIST's file names per split, the default layout of :class:`IDXClassification`."""
+
 
 def read_idx_bytes(path: PathLike, *, what: str = "IDX file", fix: str = DEFAULT_FIX) -> bytes:
     """Return the content of ``path``, decompressed if it starts with the gzip magic bytes.
 
     ``what`` and ``fix`` shape error messages, e.g. ``what="MNIST file"``.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{what} {path} does not exist; check the path or {fix}.") from None
-    except OSError as e:
-        raise DataError(f"{what} {path} cannot be read ({e.strerror or e}); check its permissions or {fix}.") from None
-    if raw[:2] != GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except EOFError:
-        raise DataError(
-            f"{what} {path} is truncated: its gzip stream ends early ({len(raw)} bytes on disk); {fix}."
-        ) from None
-    except (OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{what} {path} is not a valid gzip file ({e}); {fix}.") from None
+    return read_bytes(path, what=what, fix=fix)
 
 
 def parse_idx(data: bytes, path: PathLike = "<bytes>", *, what: str = "IDX file", fix: str = DEFAULT_FIX) -> np.ndarray:
@@ -135,3 +124,53 @@ def write_idx(path: PathLike, array: np.ndarray) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class IDXClassification(LocalDataset):
+    """Images and labels in IDX files, MNIST's layout; subclasses set the class attributes.
+
+    ``files``: split -> (images file, labels file), without .gz. ``images``: uint8 tensor
+    (N, H, W); ``labels``: int64 tensor (N,). Items are ``(image uint8 (1, H, W), label int)``.
+    """
+
+    files: Dict[str, Tuple[str, str]] = MNIST_FILES  # split -> (images file, labels file)
+    image_size: Optional[Tuple[int, int]] = (28, 28)  # (H, W); None: taken from the files
+
+    @classmethod
+    def parse(cls, data: bytes, path: PathLike, what: str, fix: str) -> np.ndarray:
+        return parse_idx(data, path, what=what, fix=fix)
+
+    def _load(self, folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
+        """Read and verify the split's files: images uint8 (N, H, W), labels integer (N,)."""
+        img_name, lbl_name = self.files[split]
+        images, labels = self._read(folder, img_name), self._read(folder, lbl_name)
+        title, fix = self._title(), self._fix()
+        img_path, lbl_path = self.find_file(folder, img_name), self.find_file(folder, lbl_name)
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(
+                f"{title} file {img_path} holds {images.dtype} values of shape {images.shape}, expected "
+                f"uint8 images of shape (N, H, W); {fix}."
+            )
+        if self.image_size is not None and tuple(images.shape[1:]) != tuple(self.image_size):
+            h, w = self.image_size
+            raise DataError(
+                f"{title} file {img_path} holds {images.shape[1]}x{images.shape[2]} images, expected {h}x{w}; {fix}."
+            )
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataError(
+                f"{title} file {lbl_path} holds {labels.dtype} values of shape {labels.shape}, expected "
+                f"integer labels of shape (N,); {fix}."
+            )
+        if len(images) != len(labels):
+            raise DataError(
+                f"{title} files {img_path} and {lbl_path} do not match: {len(images)} images but "
+                f"{len(labels)} labels; {fix}."
+            )
+        n_classes = len(self.classes) if self.classes is not None else None
+        if len(labels) and (labels.min() < 0 or (n_classes is not None and labels.max() >= n_classes)):
+            allowed = f"0 to {n_classes - 1}" if n_classes is not None else "non-negative labels"
+            raise DataError(
+                f"{title} file {lbl_path} holds labels from {labels.min()} to {labels.max()}, expected "
+                f"{allowed}; {fix}."
+            )
+        return images, labels

@@ -19,8 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from effcn.data.augment import translate
-from effcn.data.canvas import pad_to
+from effcn.data.geometry import pad_to, translate
 from effcn.data.mnist import MNIST
 
 SIZE = 36

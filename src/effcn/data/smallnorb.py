@@ -12,7 +12,6 @@ last two padding), then the elements in row-major order. Files may be gzip-compr
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from pathlib import Path
 from typing import Dict, Tuple
@@ -20,8 +19,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
-from effcn.data.idx import read_idx_bytes
-from effcn.data.mnist import IDXClassification
+from effcn.data.base import LocalDataset
 from effcn.errors import DataError
 
 NORB_TYPES = {0x1E3D4C55: np.dtype("u1"), 0x1E3D4C54: np.dtype("<i4"),
@@ -86,7 +84,7 @@ _TRAIN = "smallnorb-5x46789x9x18x6x2x96x96-training"
 _TEST = "smallnorb-5x01235x9x18x6x2x96x96-testing"
 
 
-class SmallNORB(IDXClassification):
+class SmallNORB(LocalDataset):
     """smallNORB: 24300 train / 24300 test stereo pairs, uint8 (N, 2, 96, 96), 5 classes.
 
     ``images`` (N, 2, 96, 96) uint8, channel 0 the left camera; ``labels`` (N,) int64;
@@ -120,37 +118,14 @@ class SmallNORB(IDXClassification):
         f"{_TEST}-cat.mat": "5aa791cd7e6016cf957ce9bdb93b8603",
         f"{_TEST}-info.mat": "a9454f3864d7fd4bb3ea7fc3eb84924e",
     }
-    sha256: Dict[str, str] = {}
     mirrors = ["https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"]
     classes = ["animal", "human", "airplane", "truck", "car"]
     image_size = (96, 96)
     torchvision_dir = "smallnorb"
 
     @classmethod
-    def _verify(cls, data: bytes, fname: str, path, what: str, fix: str) -> None:
-        expected = cls.md5.get(fname)
-        if expected:
-            found = hashlib.md5(data).hexdigest()
-            if found != expected:
-                raise DataError(f"{what} {path} is corrupt or a different version: its "
-                                f"decompressed MD5 starts with {found[:12]}, expected "
-                                f"{expected[:12]}; {fix}.")
-
-    @classmethod
-    def _download_check(cls, fname: str):
-        def check(path: Path) -> None:
-            data = read_idx_bytes(path, what="downloaded file", fix="try another mirror")
-            parse_norb(data, path, what="downloaded file", fix="try another mirror")
-            cls._verify(data, fname, path, "downloaded file", "try another mirror")
-        return check
-
-    def _read(self, folder: Path, fname: str) -> np.ndarray:
-        path = self.find_file(folder, fname)
-        what, fix = f"{self._title()} file", self._fix()
-        data = read_idx_bytes(path, what=what, fix=fix)
-        array = parse_norb(data, path, what=what, fix=fix)
-        self._verify(data, fname, path, what, fix)
-        return array
+    def parse(cls, data: bytes, path, what: str, fix: str) -> np.ndarray:
+        return parse_norb(data, path, what=what, fix=fix)
 
     def _load(self, folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
         """Read and verify the split: images uint8 (N, 2, 96, 96), labels (N,); sets ``info``."""
@@ -175,7 +150,3 @@ class SmallNORB(IDXClassification):
                             f"{len(self.classes) - 1}; {fix}.")
         self.info = torch.from_numpy(info.astype(np.int64))
         return images, labels
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        """``(stereo pair uint8 (2, 96, 96), label)``."""
-        return self.images[index], int(self.labels[index])

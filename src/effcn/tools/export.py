@@ -313,7 +313,7 @@ def _require_onnx() -> None:
 
 # ------------------------------------------------------------------------------ helpers
 def _scaling(config) -> str:
-    from ..data.augment import build_augment
+    from ..data.transforms import build_augment
     from ..training.tasks.classification import eval_transform_of
     text = f"uint8 pixels / {config.data.pixel_divisor:g}"
     if eval_transform_of(build_augment(config.data.augment)) is not None:

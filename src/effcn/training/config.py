@@ -368,7 +368,7 @@ def _validate_data(config: Config) -> None:
     """data.dataset must be registered and data.augment parse, so a bad name fails when the
     config is loaded (a sweep before its first run), not when training starts."""
     from ..data import list_datasets
-    from ..data.augment import build_augment
+    from ..data.transforms import build_augment
     if config.data.dataset not in list_datasets():
         hint = difflib.get_close_matches(config.data.dataset, list_datasets(), n=1)
         hint = f"did you mean {hint[0]}? Otherwise " if hint else ""

@@ -63,7 +63,7 @@ class ClassificationTask(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        from ...data.augment import build_augment
+        from ...data.transforms import build_augment
         self.augment = build_augment(config.data.augment)
         self.transform = eval_transform_of(self.augment)
 

@@ -79,7 +79,7 @@ class NumbersTask(ClassificationTask):
 
     @staticmethod
     def check_config(config) -> None:
-        from ...data.augment import AUGMENTATIONS
+        from ...data.transforms import AUGMENTATIONS
         from ...models import default_config
         refuse_semi_supervision(config, "mnist_numbers")
         k, augment = config.data.digits, config.data.augment.strip().lower()

@@ -1,4 +1,4 @@
-"""Efficient-CapsNet MNIST training augmentation, batched on any device.
+"""The authors' MNIST training augmentation (the policy) and its spec strings, batched.
 
 The authors' MNIST pipeline (their TensorFlow code), per sample and in this order (training only):
 
@@ -39,18 +39,20 @@ shorthand for ``paper:smooth``. Examples: ``paper`` (the authors' exact augmenta
 Every step works on a whole batch ``(B, C, H, W)`` at once, on the images' device, with no
 Python loop over samples and no host-device sync. Drawing the random numbers
 (:func:`sample_params`) is separate from using them (:func:`apply_params` and the per-step
-functions :func:`rotate`, :func:`shift_amounts`, :func:`translate`, :func:`squish`,
-:func:`erase`), so the distributions can be tested on their own; the draws do not depend on the
-options, so one (seed, epoch) generator gives the same draws under every variant.
+functions :func:`rotate`, :func:`shift_amounts`, :func:`~effcn.data.geometry.translate`,
+:func:`squish`, :func:`erase`), so the distributions can be tested on their own; the draws do not
+depend on the options, so one (seed, epoch) generator gives the same draws under every variant.
+:func:`apply_params` is the one function that applies the whole policy to a batch.
 
-How exact: the rotation repeats cv2's fixed-point ``warpAffine`` (:func:`cv2_rotate`: sampling
-positions rounded to 1/32 pixel, exact bilinear weights, the same summation order). The Lanczos
-weights follow TensorFlow's float32 arithmetic step by step (:func:`tf_resize_weights`),
-including the row pass TensorFlow runs for the unchanged height (a near-identity whose
-off-diagonal weights are about -2.3e-8: they make the exact zeros above and below a stroke
-slightly negative, which is part of the authors' share of pixels below 0); sums run in another
-order than TensorFlow's, so outputs agree to about 1e-7. The random numbers come from torch's
-generators, not TensorFlow's: same distributions, different draws.
+How exact: the rotation repeats cv2's fixed-point ``warpAffine`` (:func:`cv2_rotate` in
+:mod:`effcn.data.transforms.cv2_tf`: sampling positions rounded to 1/32 pixel, exact bilinear
+weights, the same summation order). The Lanczos weights follow TensorFlow's float32 arithmetic
+step by step (:func:`tf_resize_weights`, same module), including the row pass TensorFlow runs
+for the unchanged height (a near-identity whose off-diagonal weights are about -2.3e-8: they make
+the exact zeros above and below a stroke slightly negative, which is part of the authors' share
+of pixels below 0); sums run in another order than TensorFlow's, so outputs agree to about 1e-7.
+The random numbers come from torch's generators, not TensorFlow's: same distributions, different
+draws.
 """
 
 from __future__ import annotations
@@ -60,10 +62,10 @@ import difflib
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from effcn.data.geometry import margins, translate, warp_affine
+from effcn.data.transforms.cv2_tf import cv2_rotate, lanczos_bank
 from effcn.errors import ConfigError
 
 PARTS: Tuple[str, ...] = ("rotate", "shift", "squish", "erase")
@@ -266,85 +268,7 @@ def rotate(images: torch.Tensor, angle: torch.Tensor, centre: str = "authors") -
         [torch.stack([cos, -sin * (h / w), zero], -1), torch.stack([sin * (w / h), cos, zero], -1)],
         dim=-2,
     ).to(images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-_AB_BITS, _INTER_BITS = 10, 5  # cv2's warpAffine: coordinates in 1/1024, then 1/32 pixel
-
-
-def cv2_rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """``cv2.warpAffine(img, cv2.getRotationMatrix2D((W/2, H/2), angle, 1.0), (W, H))`` per
-    sample, batched: bilinear, constant border 0, ``angle`` (B,) degrees counter-clockwise.
-
-    cv2's fixed-point path (imgwarp.cpp; checked bit for bit against opencv-python 4.9 on
-    MNIST digits and noise): the matrix is built and inverted (M) in float64; output pixel (x, y)
-    samples the input at ``X = (round(M00 x 1024) + round((M01 y + M02) 1024) + 16) >> 5``
-    (likewise Y) in units of 1/32 pixel; the four neighbours of ``(X >> 5, Y >> 5)`` are
-    weighted by the exact products of ``(X & 31) / 32`` and ``(Y & 31) / 32``, taps outside the
-    image reading 0. Angle 0 is the exact identity. The coordinate arithmetic runs in float64
-    on the images' device.
-    """
-    b, c, h, w = images.shape
-    device = images.device
-    rad = angle.to(device=device, dtype=torch.float64) * (np.pi / 180)
-    alpha, beta = torch.cos(rad), torch.sin(rad)
-    cx, cy = w / 2, h / 2
-    m02 = (1 - alpha) * cx - beta * cy
-    m12 = beta * cx + (1 - alpha) * cy
-    det = alpha * alpha - beta * (-beta)  # forward matrix [[a, b, m02], [-b, a, m12]]
-    det = torch.where(det != 0, 1.0 / det, torch.zeros_like(det))
-    i00, i11, i01, i10 = alpha * det, alpha * det, beta * -det, (-beta) * -det  # its inverse
-    i02 = -i00 * m02 - i01 * m12
-    i12 = -i10 * m02 - i11 * m12
-    scale = float(1 << _AB_BITS)
-    xs = torch.arange(w, device=device, dtype=torch.float64)[None, :]
-    ys = torch.arange(h, device=device, dtype=torch.float64)[None, :]
-    round_delta = 1 << (_AB_BITS - _INTER_BITS - 1)
-
-    def fixed(per_x: torch.Tensor, per_y: torch.Tensor) -> torch.Tensor:  # (B, H, W) in 1/32 px
-        return (per_y.long()[:, :, None] + per_x.long()[:, None, :]) >> (_AB_BITS - _INTER_BITS)
-
-    big_x = fixed(torch.round(i00[:, None] * xs * scale),
-                  torch.round((i01[:, None] * ys + i02[:, None]) * scale) + round_delta)
-    big_y = fixed(torch.round(i10[:, None] * xs * scale),
-                  torch.round((i11[:, None] * ys + i12[:, None]) * scale) + round_delta)
-    tab = 1 << _INTER_BITS
-    # Zero-pad by more than any rotation can reach (half the diagonal beyond the shorter half
-    # side), so every tap reads the padded image and cv2's border-0 taps need no masks.
-    pad = int(np.ceil(np.hypot(h, w) / 2 - min(h, w) / 2)) + 2
-    hp, wp = h + 2 * pad, w + 2 * pad
-    x0 = ((big_x >> _INTER_BITS) + pad).clamp(0, wp - 2)
-    y0 = ((big_y >> _INTER_BITS) + pad).clamp(0, hp - 2)
-    fx = (big_x & (tab - 1)).to(images.dtype) / tab
-    fy = (big_y & (tab - 1)).to(images.dtype) / tab
-    flat = F.pad(images, (pad, pad, pad, pad)).reshape(b, c, hp * wp)
-    corner = y0 * wp + x0  # (B, H, W): the top-left tap
-    out = None
-    for step, weight in ((0, (1 - fy) * (1 - fx)), (1, (1 - fy) * fx),
-                         (wp, fy * (1 - fx)), (wp + 1, fy * fx)):
-        index = (corner + step).reshape(b, 1, h * w).expand(b, c, -1)
-        tap = flat.gather(2, index).reshape(b, c, h, w) * weight[:, None]
-        out = tap if out is None else out + tap  # cv2's order: ((v0 w0 + v1 w1) + v2 w2) + v3 w3
-    return out
-
-
-def margins(images: torch.Tensor) -> torch.Tensor:
-    """Empty rows/columns around each image's content: (B, 4) int64 (top, bottom, left, right).
-
-    A pixel is content when it is > 0 in any channel; an all-zero image has margins 0.
-    """
-    occupied = (images > 0).any(dim=1)  # (B, H, W)
-    rows, cols = occupied.any(dim=2), occupied.any(dim=1)  # (B, H), (B, W)
-
-    def first_true(mask: torch.Tensor) -> torch.Tensor:  # argmax returns the first maximum
-        return mask.to(torch.uint8).argmax(dim=1)
-
-    out = torch.stack(
-        [first_true(rows), first_true(rows.flip(1)), first_true(cols), first_true(cols.flip(1))],
-        dim=1,
-    )
-    return out * rows.any(dim=1, keepdim=True)
+    return warp_affine(images, theta)
 
 
 def shift_amounts(
@@ -372,93 +296,6 @@ def shift_amounts(
     if rounding == "floor":
         return sign * torch.floor(frac * margin).long()
     return torch.where(down, torch.floor(frac * (margin + 1)), torch.floor(-frac * margin)).long()
-
-
-def translate(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Move (B, C, H, W) images by integer ``shifts`` (B, 2) (dy, dx) pixels, zero fill. Exact."""
-    b, c, h, w = images.shape
-    shifts = shifts.to(device=images.device, dtype=torch.long)
-    src_rows = torch.arange(h, device=images.device) - shifts[:, :1]  # (B, H)
-    src_cols = torch.arange(w, device=images.device) - shifts[:, 1:]  # (B, W)
-    valid = ((src_rows >= 0) & (src_rows < h))[:, None, :, None] & (
-        (src_cols >= 0) & (src_cols < w)
-    )[:, None, None, :]
-    out = images.gather(2, src_rows.clamp(0, h - 1)[:, None, :, None].expand(b, c, h, w))
-    out = out.gather(3, src_cols.clamp(0, w - 1)[:, None, None, :].expand(b, c, h, w))
-    return out.masked_fill(~valid, 0)
-
-
-# --- TensorFlow's antialiased Lanczos-3 resize ------------------------------------------------
-
-_F32 = np.float32
-_TF_PI = _F32(3.14159265359)  # sampling_kernels.h: constexpr float kPI
-_LANCZOS_RADIUS = _F32(3)
-
-
-def _tf_lanczos3(x: np.float32) -> np.float32:
-    """TensorFlow's LanczosKernelFunc(3) in float32: sinc(x) sinc(x/3), 0 beyond |x| > 3."""
-    x = _F32(abs(x))
-    if x > _LANCZOS_RADIUS:
-        return _F32(0)
-    if float(x) <= 1e-3:  # the sin(x)/x limit
-        return _F32(1)
-    r = _LANCZOS_RADIUS
-    return r * np.sin(_TF_PI * x) * np.sin(_TF_PI * x / r) / (_TF_PI * _TF_PI * x * x)
-
-
-def tf_resize_weights(out_size: int, in_size: int) -> np.ndarray:
-    """The (out_size, in_size) float32 weights of ``tf.image.resize(method="lanczos3",
-    antialias=True)`` along one axis: output pixel ``x`` is ``sum_i W[x, i] * input[i]``.
-
-    TensorFlow's ``ComputeSpansCore`` (scale_and_translate_op.cc) with translation 0, in its
-    float32 arithmetic: ``scale = out / in``; ``kernel_scale = max(1 / scale, 1)``; output ``x``
-    samples at ``s = (x + 0.5) / scale``; its span is the input pixels ``i`` from
-    ``ceil(s - 3 * kernel_scale - 0.5)`` to ``floor(s + 3 * kernel_scale - 0.5)``, both clamped
-    to ``[0, in)`` (so near an edge only the in-range pixels get weights); the weights
-    ``lanczos3(|i + 0.5 - s| / kernel_scale)`` are divided by their sum (when that is not ~0).
-    """
-    scale = _F32(out_size) / _F32(in_size)
-    inv_scale = _F32(1.0 / float(scale))
-    kernel_scale = max(inv_scale, _F32(1))
-    reach = _LANCZOS_RADIUS * kernel_scale
-    one_over_kernel_scale = _F32(1) / kernel_scale
-    weights = np.zeros((out_size, in_size), np.float32)
-    for x in range(out_size):
-        sample = (_F32(x) + _F32(0.5)) * inv_scale
-        if sample < 0 or sample > in_size:  # outside the source: an empty span
-            continue
-        start = int(np.ceil(sample - reach - _F32(0.5)))
-        end = int(np.floor(sample + reach - _F32(0.5)))
-        start, end = min(max(start, 0), in_size - 1), min(max(end, 0), in_size - 1) + 1
-        row = [_tf_lanczos3((_F32(i) + _F32(0.5) - sample) * one_over_kernel_scale)
-               for i in range(start, end)]
-        total = _F32(0)
-        for value in row:
-            total = _F32(total + value)
-        if abs(total) >= 1000 * np.finfo(np.float32).tiny:
-            weights[x, start:end] = np.array(row, np.float32) * (_F32(1) / total)
-    return weights
-
-
-_BANKS: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _lanczos_bank(height: int, width: int, device: torch.device, dtype: torch.dtype):
-    """``(rows (H, H), bank (W, W, W))``: TensorFlow's row weights for the unchanged height, and
-    for each shrink ``k`` in [1, W) the (W - k, W) column weights in ``bank[k, :W - k]`` (rest 0).
-
-    Built once per (size, device, dtype) on the host and kept on the device.
-    """
-    key = (height, width, str(device), dtype)
-    if key not in _BANKS:
-        bank = np.zeros((width, width, width), np.float32)
-        bank[0] = np.eye(width, dtype=np.float32)
-        for k in range(1, width):
-            bank[k, : width - k] = tf_resize_weights(width - k, width)
-        rows = tf_resize_weights(height, height)
-        _BANKS[key] = (torch.from_numpy(rows).to(device=device, dtype=dtype),
-                       torch.from_numpy(bank).to(device=device, dtype=dtype))
-    return _BANKS[key]
 
 
 def _placed(weights: torch.Tensor, offset: torch.Tensor, new_width: torch.Tensor) -> torch.Tensor:
@@ -491,7 +328,7 @@ def squish(
     offset = offset.to(device=device, dtype=torch.long)
     new_width = width - shrink  # (B,)
     if resample == "lanczos3":
-        rows, bank = _lanczos_bank(height, width, device, images.dtype)
+        rows, bank = lanczos_bank(height, width, device, images.dtype)
         # Output column c takes resized column c - offset: gather the bank's rows per sample.
         src = (torch.arange(width, device=device)[None, :] - offset[:, None]).clamp(0, width - 1)
         weights = _placed(bank[shrink.clamp(0, width - 1)[:, None], src], offset, new_width)
@@ -551,32 +388,34 @@ def _hint(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _spec_help() -> str:
-    registered = ", ".join(sorted(AUGMENTATIONS))
+def _spec_help(registered: Sequence[str]) -> str:
+    registered = ", ".join(sorted(registered))
     return (f"valid parts are {', '.join(PARTS)} (joined with '+'); or use 'paper' for all of "
             f"them (the authors' exact augmentation), 'paper_smooth' (effcn's earlier variant), "
             f"'none' for no augmentation" + (f", or one of {registered}" if registered else ""))
 
 
-def _check_parts(parts: Iterable[str]) -> Tuple[str, ...]:
-    """Return ``parts`` in canonical order; ConfigError on an unknown name."""
+def _check_parts(parts: Iterable[str], registered: Sequence[str] = ()) -> Tuple[str, ...]:
+    """Return ``parts`` in canonical order; ConfigError on an unknown name (``registered``: the
+    other augmentation names, offered in the message)."""
     if isinstance(parts, str):
         parts = (parts,)
     parts = tuple(parts)
     for part in parts:
         if part not in PARTS:
-            names = (*PARTS, "paper", "none", *NAMED_SPECS, *AUGMENTATIONS)
+            names = (*PARTS, "paper", "none", *NAMED_SPECS, *registered)
             raise ConfigError(
-                f"Unknown augmentation part {part!r}{_hint(part, names)}: {_spec_help()}.")
+                f"Unknown augmentation part {part!r}{_hint(part, names)}: {_spec_help(registered)}.")
     return tuple(p for p in PARTS if p in parts)
 
 
 def parse_spec(
-    spec: str, cfg: Optional[AugmentConfig] = None
+    spec: str, cfg: Optional[AugmentConfig] = None, registered: Sequence[str] = ()
 ) -> Tuple[Tuple[str, ...], AugmentConfig]:
     """``(parts, cfg)`` of an MNIST spec ``PARTS[:OPTION[,OPTION...]]`` (see the module
     docstring): ``cfg`` (default: the authors') with the options applied. ConfigError, one
-    sentence, on an unknown part or option."""
+    sentence, on an unknown part or option; ``registered`` (the registry's other names) are
+    offered as alternatives."""
     head, _, tail = spec.strip().lower().partition(":")
     head = head.strip()
     if head in NAMED_SPECS:  # a shorthand, possibly with more options ("paper_smooth:...")
@@ -595,7 +434,7 @@ def parse_spec(
     elif head == "none":
         parts = ()
     else:
-        parts = _check_parts([part.strip() for part in head.split("+")])
+        parts = _check_parts([part.strip() for part in head.split("+")], registered)
     return parts, dataclasses.replace(cfg or AugmentConfig(), **overrides)
 
 
@@ -641,31 +480,3 @@ class MNISTAugment(torch.nn.Module):
                    ("shift_rounding", "squish_resample", "rotation_centre", "clamp_output")
                    if getattr(self.cfg, f) != getattr(default, f)]
         return ", ".join([f"parts={'+'.join(self.parts) or 'none'}", *changed])
-
-
-# Named augmentations other than the MNIST family (e.g. CIFAR-10's crop+flip, smallNORB's crop
-# with brightness/contrast): name -> factory() returning a callable (images, generator) -> images.
-AUGMENTATIONS: dict = {}
-
-
-def build_augment(spec: str):
-    """The training augmentation named by ``data.augment``: a registered name from
-    AUGMENTATIONS, or an MNIST spec ("paper", "paper_smooth", "none", "rotate+erase",
-    "paper:floor", ...; see the module docstring)."""
-    name = spec.strip().lower()
-    if name in AUGMENTATIONS:
-        return AUGMENTATIONS[name]()
-    return MNISTAugment.from_spec(name)
-
-
-def _smallnorb():
-    from effcn.data.preprocess import SmallNORBPreprocess
-    return SmallNORBPreprocess()
-
-
-def _cifar10():
-    from effcn.data.preprocess import CIFARAugment
-    return CIFARAugment()
-
-
-AUGMENTATIONS.update({"smallnorb": _smallnorb, "cifar10": _cifar10})

@@ -1,6 +1,6 @@
 """Batched preprocessing and augmentation for smallNORB and CIFAR-10, on any device.
 
-Both are registered in ``effcn.data.augment.AUGMENTATIONS`` ("smallnorb", "cifar10") and are
+Both are registered in :mod:`effcn.data.transforms.registry` ("smallnorb", "cifar10") and are
 called by the trainer as ``aug(images, generator)`` on float batches (B, C, H, W) in [0, 1].
 An augmentation that also changes what the model sees at evaluation (standardisation, a centre
 crop) has an ``eval_transform(images)`` method, which evaluation and ``effcn eval`` apply.
@@ -15,22 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def crop_batch(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop a ``size`` x ``size`` window at per-sample ``top``/``left`` (B,) from (B, C, H, W)."""
-    b, c, _, w = images.shape
-    ar = torch.arange(size, device=images.device)
-    rows = (top.to(images.device).long()[:, None] + ar)[:, None, :, None].expand(b, c, size, w)
-    out = images.gather(2, rows)
-    cols = (left.to(images.device).long()[:, None] + ar)[:, None, None, :].expand(b, c, size, size)
-    return out.gather(3, cols)
-
-
-def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size`` x ``size`` window of (B, C, H, W) images."""
-    h, w = images.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return images[..., top:top + size, left:left + size]
+from effcn.data.geometry import centre_crop, crop_batch
 
 
 def standardize(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
