@@ -272,10 +272,12 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
 
     The report: checkpoint, epoch, split, dataset, task, metric, precision, images (and how
     MultiMNIST pairs were drawn), loss, margin, recon, acc, per_class_acc, and for 40x40 MNIST
-    models on the test split the affNIST side (affnist_acc, affnist_set, ...). ``amp``: off (fp32,
-    the default, as the summary's test), bf16 or auto. With ``write``, the report is saved as
-    RUN/eval/<split>_<checkpoint>.json ("report_path"); summary.json is never touched.
-    """
+    models on the test split the affNIST side (affnist_acc, affnist_set, ..., and side_by_side:
+    the two test sets as columns {"name", "acc", "images", "per_class_acc"}); evaluated_on: the
+    task's words for the set (Task.describe_eval_set). ``amp``: off (fp32, the default, as the
+    summary's test), bf16 or auto. With ``write``, the report is saved as
+    RUN/eval/<split>_<checkpoint>.json ("report_path"); summary.json is never touched. The
+    task's figures (Task.eval_figures) are ``write_eval_figures``'s, as ``effcn eval`` draws."""
     prepared = prepare_run_evaluation(run, checkpoint, split, overrides, device)
     report = evaluate_prepared(prepared, amp, affnist)
     if write:
