@@ -42,6 +42,9 @@ def test_predict_a_tensor_batch_is_the_model_on_scaled_pixels(tiny_run):
     assert all(p.class_name == result.class_names[p.class_index] for p in result.predictions)
     assert [p.image for p in result.predictions] == [f"batch[{i}]" for i in range(5)]
     assert result.score_name == "length" and result.epoch == tiny_run.summary["best_epoch"]
+    # an opened run predicts without opening it again
+    again = effcn.predict(opened, digits)
+    assert [p.scores for p in again.predictions] == [p.scores for p in result.predictions]
     # floats in [0, 1] are the same images as uint8 pixels; (N, 1, H, W) as (N, H, W)
     floats = effcn.predict(tiny_run.path, digits.unsqueeze(1).float() / 255.0)
     torch.testing.assert_close(torch.tensor([p.scores for p in floats.predictions]), scores)
