@@ -6,6 +6,8 @@ The public face; everything else lives in its layer (see the docs' architecture 
     effcn.load_config(path, overrides)      a validated Config
     effcn.Trainer(config).fit()             train, write a run directory, return its summary
     effcn.evaluate_run(run_dir)             evaluate a run's checkpoint, return the report
+    effcn.predict(run_dir, images)          classify image files or a tensor batch
+    effcn.open_run(run_dir)                 a run's model, config, class names and device
     effcn.RunDir(path)                      every path of a run directory
 
 Names are imported on first use, so ``import effcn`` stays light.
@@ -19,6 +21,8 @@ _PUBLIC = {
     "load_config": "effcn.training.config",
     "Trainer": "effcn.training.trainer",
     "evaluate_run": "effcn.training.evaluate",
+    "predict": "effcn.tools.predict",
+    "open_run": "effcn.training.runs",
     "RunDir": "effcn.training.rundir",
 }
 

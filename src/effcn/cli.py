@@ -220,29 +220,17 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .training.evaluate import (evaluate_prepared, prepare_run_evaluation, save_report,
-                                    side_by_side)
+                                    side_by_side, write_eval_figures)
     prepared = prepare_run_evaluation(args.run, args.checkpoint, args.split, args.overrides)
     r = evaluate_prepared(prepared, amp=args.amp, affnist=not args.no_affnist)
-    drawn = (f" ({r['digits']} digits x {r['partners']} partners)" if "partners" in r else "")
-    print(f"{r['dataset']} {args.split}: {r['metric']} {r['acc']:.4f} on {r['images']} "
-          f"{'pairs' if 'partners' in r else 'images'}{drawn}, loss {r['loss']:.4f} "
-          f"[{prepared.checkpoint.name}, epoch {r['epoch']}, {r['precision']}]"
-          + (f" -- {r['selection']}" if "selection" in r else ""))
+    print(f"{r['dataset']} {args.split}: {r['metric']} {r['acc']:.4f} on {r['evaluated_on']}, "
+          f"loss {r['loss']:.4f} [{prepared.checkpoint.name}, epoch {r['epoch']}, "
+          f"{r['precision']}]" + (f" -- {r['selection']}" if "selection" in r else ""))
     print("per class: " + "  ".join(f"{k}:{v:.4f}" for k, v in r["per_class_acc"].items()))
-    if "affnist_acc" in r:
-        base = "MNIST-40" if r["dataset"] == "mnist40" else r["dataset"]
-        print(side_by_side(f"{base} test", r, "affNIST test" if r["affnist_set"] == "affnist"
-                           else "affNIST-style", {"acc": r["affnist_acc"],
-                                                  "images": r["affnist_images"],
-                                                  "per_class_acc": r["affnist_per_class_acc"]}))
-    if prepared.task.name == "multimnist":
-        try:
-            from .analysis.multimnist import overlap_figure
-            path = overlap_figure(prepared.model, prepared.eval_set.pairs,
-                                  prepared.run.figures / f"overlap_{args.split}.png")
-            print(f"figure: {path}")
-        except EffcnError as e:
-            print(f"no figure: {e}")
+    if "side_by_side" in r:
+        print(side_by_side(r["side_by_side"]))
+    for path in write_eval_figures(prepared):
+        print(f"figure: {path}")
     print(f"written: {save_report(prepared, r)}")
     return 0
 
@@ -265,71 +253,35 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
-# Runs on these datasets get MNIST-style preprocessing in `effcn predict --preprocess auto`.
-DIGIT_DATASETS = ("mnist", "idx", "mnist40", "affnist")
-
-
 def cmd_predict(args) -> int:
-    import torch
-
-    from .data.transforms import build_augment
-    from .data.user_images import load_image
-    from .models import input_shape
-    from .training.checkpoint import model_from_checkpoint
-    from .training.rundir import resolve_checkpoint
-    from .training.tasks.classification import eval_transform_of
-    ckpt = resolve_checkpoint(args.run, args.checkpoint)
-    model, state = model_from_checkpoint(ckpt)
-    model.eval()
-    cfg = model.config
-    augment = state.get("config", {}).get("data", {}).get("augment", "none")
-    if eval_transform_of(build_augment(augment)) is not None:
-        raise EffcnError(f"predict takes images as the model sees them, but this run's data go "
-                         f"through the {augment!r} evaluation preprocessing first; use "
-                         f"effcn eval on the dataset instead.")
-    names = state.get("class_names") or [str(i) for i in range(cfg.num_classes)]
-    _, height, width = input_shape(cfg)
-    if height != width:
-        raise EffcnError(f"predict takes square images, but model {state['model_name']} takes "
-                         f"{height}x{width} images; use effcn eval on its dataset instead.")
-    preprocess = args.preprocess
-    if preprocess == "auto":
-        dataset = state.get("config", {}).get("data", {}).get("dataset", "")
-        preprocess = ("mnist" if dataset in DIGIT_DATASETS and cfg.in_channels == 1
-                      and cfg.image_size >= 28 else "resize")
-    batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels,
-                                    invert=True if args.invert else None, preprocess=preprocess)
-                         for p in args.images])
-    # as the run's data were scaled (the authors' MNIST: x / 256, so 255 -> 0.996)
-    batch = batch * (255.0 / state.get("config", {}).get("data", {}).get("pixel_divisor", 255.0))
-    with torch.no_grad():
-        lengths = model(batch).lengths
-    # capsule models score classes by capsule length; the baseline CNN by probability/score
-    word = "length" if getattr(model, "has_capsules", True) else "score"
-    for path, row in zip(args.images, lengths.tolist()):
-        pred = max(range(len(row)), key=row.__getitem__)
+    from .tools.predict import predict
+    r = predict(args.run, args.images, args.checkpoint, args.preprocess,
+                invert=True if args.invert else None)
+    for p in r.predictions:
         if args.json:
-            print(json.dumps({"image": path, "class": pred, "name": names[pred],
-                              "lengths": [round(v, 4) for v in row]}))
+            print(json.dumps({"image": p.image, "class": p.class_index, "name": p.class_name,
+                              "lengths": [round(v, 4) for v in p.scores]}))
         else:
-            print(f"{path}: class {names[pred]} ({word} {row[pred]:.3f})  {word}s: "
-                  + " ".join(f"{v:.3f}" for v in row))
+            print(f"{p.image}: class {p.class_name} ({r.score_name} "
+                  f"{p.scores[p.class_index]:.3f})  {r.score_name}s: "
+                  + " ".join(f"{v:.3f}" for v in p.scores))
     return 0
+
+
+def _shapes(named: dict) -> str:
+    """{name: shape} as "images (B, 1, 28, 28), ..." (a 1-tuple keeps its comma)."""
+    return ", ".join(f"{k} ({', '.join(str(v) for v in s)}{',' if len(s) == 1 else ''})"
+                     for k, s in named.items())
 
 
 def cmd_export(args) -> int:
     from .tools.export import export_run
     r = export_run(args.run, args.format, args.out, args.checkpoint, args.decoder, args.split,
                    args.images, args.tolerance, args.overrides)
-
-    def shapes(d):
-        return ", ".join(f"{k} ({', '.join(str(v) for v in s)}{',' if len(s) == 1 else ''})"
-                         for k, s in d.items())
-
     print(f"{r.model_name}, epoch {r.epoch}, {r.weights} weights of {r.checkpoint}; "
           f"images: {r.scaling}")
     for g in r.graphs:
-        print(f"written: {g.path}: {shapes(g.inputs)} -> {shapes(g.outputs)}")
+        print(f"written: {g.path}: {_shapes(g.inputs)} -> {_shapes(g.outputs)}")
         print(f"  checked with {g.runtime} on {g.checked_on} {r.split} images (one batch, and "
               f"the first alone): max abs difference {g.max_abs_diff:.2e} (tolerance "
               f"{r.tolerance:g})")
@@ -389,11 +341,8 @@ def cmd_models(args) -> int:
 
 def cmd_visualize(args) -> int:
     from .tools.visualize import parse_kinds, visualize_run
-    kinds = parse_kinds(args.what)
-    if args.images < 1:
-        raise EffcnError(f"--images must be at least 1, got {args.images}.")
-    for path in visualize_run(args.run, kinds, epoch=args.epoch, n_images=args.images,
-                              out_dir=args.out):
+    for path in visualize_run(args.run, parse_kinds(args.what), epoch=args.epoch,
+                              n_images=args.images, out_dir=args.out):
         print(f"written: {path}")
     return 0
 
@@ -420,12 +369,9 @@ def cmd_runs(args) -> int:
 
 def cmd_compare(args) -> int:
     from .io import atomic_write_text
-    from .tools.compare import describe_measurement, format_table, run_row
-    if args.batch_size < 1 or args.repeats < 1:
-        raise EffcnError("--batch-size and --repeats must be at least 1.")
-    rows = [run_row(r, device=args.device, measure=not args.no_timing,
-                    batch_size=args.batch_size, repeats=args.repeats) for r in args.runs]
-    note = describe_measurement(rows, args.batch_size, args.repeats)
+    from .tools.compare import compare_runs, format_table
+    rows, note = compare_runs(args.runs, args.device, not args.no_timing, args.batch_size,
+                              args.repeats)
     print(format_table(rows))
     print(note)
     if args.markdown:
@@ -435,27 +381,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import torch
-
     from .tools.bench import BenchSettings, format_report, run_bench
-    from .models import list_models
-    if args.model not in list_models():
-        raise EffcnError(f"unknown model {args.model!r}; choose one of "
-                         f"{', '.join(list_models())} (effcn models).")
-    for name in ("batch_size", "steps", "repeats", "eval_images"):
-        if getattr(args, name) < 1:
-            raise EffcnError(f"--{name.replace('_', '-')} must be at least 1, got "
-                             f"{getattr(args, name)}.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = BenchSettings(
+    result = run_bench(BenchSettings(
         model=args.model, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         device=args.device, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, compile_mode=args.compile_mode,
         product_primary=not args.plain_primary, augment=args.augment, config=args.config,
-        steps=args.steps,
-        eval_images=args.eval_images, repeats=args.repeats, warmup=max(args.warmup, 0))
-    result = run_bench(settings)
+        steps=args.steps, eval_images=args.eval_images, repeats=args.repeats,
+        warmup=max(args.warmup, 0), threads=args.threads))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

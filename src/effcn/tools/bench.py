@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..errors import EffcnError
 from ..training.fastpath import precision_name
 
 MNIST_TRAIN_IMAGES = 55_000  # 60,000 minus the 5,000 validation images
@@ -42,6 +43,18 @@ class BenchSettings:
     eval_images: int = 2000           # images per evaluation repeat
     repeats: int = 5
     warmup: int = 5                   # training steps (and one eval pass) before timing
+    threads: int = 0                  # torch threads (0: torch's default)
+
+    def check(self) -> None:
+        """One sentence (EffcnError) for a model that is not registered or a count below 1."""
+        from ..models import list_models
+        if self.model not in list_models():
+            raise EffcnError(f"unknown model {self.model!r}; choose one of "
+                             f"{', '.join(list_models())} (effcn models).")
+        for name in ("batch_size", "steps", "repeats", "eval_images"):
+            if getattr(self, name) < 1:
+                raise EffcnError(f"--{name.replace('_', '-')} must be at least 1, got "
+                                 f"{getattr(self, name)}.")
 
 
 def synthetic_images(n: int, channels: int, size: int, seed: int = 0, width: int = 0):
@@ -158,6 +171,9 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 def run_bench(s: BenchSettings) -> dict:
     """Warm up, then ``repeats`` rounds of (train ``steps`` batches, evaluate ``eval_images``)."""
+    s.check()
+    if s.threads:
+        torch.set_num_threads(s.threads)
     c = EffcnContender(s)
     if c.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(c.device)

@@ -87,9 +87,8 @@ def _read_json(path: Path, what: str) -> dict:
 def run_row(run: str | Path, device: str | None = None, measure: bool = True,
             batch_size: int = 100, repeats: int = 5) -> dict:
     """One table row for a finished run directory (see the module docstring)."""
-    from ..training.checkpoint import model_from_checkpoint
-    from ..training.environment import resolve_device
     from ..training.metrics import read_metrics
+    from ..training.runs import open_run
     run_dir = RunDir.open(run)
     if not run_dir.summary_path.is_file():
         raise EffcnError(f"{run_dir.path} has no summary.json: its training has not finished; "
@@ -112,11 +111,21 @@ def run_row(run: str | Path, device: str | None = None, measure: bool = True,
         wanted = device or summary.get("device") or "cpu"
         if wanted.startswith("cuda") and not torch.cuda.is_available():
             wanted = "cpu"  # the run trained on a GPU this machine lacks: say where we measured
-        dev = resolve_device(wanted)
-        model, _ = model_from_checkpoint(run_dir.best, map_location=dev)
-        row["inference_images_per_s"] = inference_images_per_s(model, dev, batch_size, repeats)
-        row["inference_device"] = str(dev)
+        opened = open_run(run_dir.path, "best", wanted)
+        row["inference_images_per_s"] = inference_images_per_s(opened.model, opened.device,
+                                                               batch_size, repeats)
+        row["inference_device"] = str(opened.device)
     return row
+
+
+def compare_runs(runs, device: str | None = None, measure: bool = True, batch_size: int = 100,
+                 repeats: int = 5) -> tuple[list[dict], str]:
+    """(one ``run_row`` per run, the note on how inference was measured)."""
+    if batch_size < 1 or repeats < 1:
+        raise EffcnError("--batch-size and --repeats must be at least 1.")
+    rows = [run_row(r, device=device, measure=measure, batch_size=batch_size, repeats=repeats)
+            for r in runs]
+    return rows, describe_measurement(rows, batch_size, repeats)
 
 
 def _cell(key: str, value) -> str:

@@ -78,8 +78,9 @@ def build_payload(model, state: dict, config, arrays: dict, labels: torch.Tensor
     from .._version import __version__
     from ..analysis.decoder_export import export_decoder
     from ..analysis.probe import model_label
+    from ..training.checkpoint import class_names_of
     n_classes, caps_dim = arrays["capsules"].shape[1:]
-    names = list(state.get("class_names") or []) or [str(i) for i in range(n_classes)]
+    names = class_names_of(state, n_classes)
     decoder = getattr(model, "decoder", None)
     exported = export_decoder(decoder)
     if decoder is None:
@@ -101,7 +102,7 @@ def build_payload(model, state: dict, config, arrays: dict, labels: torch.Tensor
                  "best_val_acc": summary.get("best_val_acc"),
                  "metric": summary.get("test_metric") or "accuracy",
                  "effcn": __version__},
-        "class_names": [str(n) for n in names],
+        "class_names": names,
         "labels": encode_array(labels, "i32"),
         "images": encode_array(display_u8(arrays["images"]), "u8"),
         "capsules": encode_array(arrays["capsules"], "f32"),

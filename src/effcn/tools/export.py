@@ -143,8 +143,7 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
         "checkpoint": str(e.checkpoint),
         "epoch": e.state["epoch"],
         "weights": "EMA" if e.state.get("ema") is not None else "raw",
-        "class_names": list(e.state.get("class_names") or [str(i) for i in
-                                                            range(cfg.num_classes)]),
+        "class_names": e.class_names,
         "input": {"name": "images", "shape": ["B", *input_shape(cfg)],
                   "dtype": "float32", "scaling": scaling},
         "outputs": ["class_lengths", "capsules"] if getattr(model, "has_capsules", True)

@@ -93,10 +93,10 @@ def visualize_run(run: str | Path, kinds=KINDS, epoch: int | None = None, n_imag
                   say=print) -> list[Path]:
     """Write the figures of ``kinds`` for a run; returns their paths. Capsule figures of a
     model without capsules are skipped with a message (``say``)."""
-    from ..training.checkpoint import model_from_checkpoint
-    from ..training.config import config_from_dict
-    from ..training.environment import resolve_device
+    from ..training.runs import open_run
     from ..analysis.imageio import pyplot, save_figure, save_png
+    if n_images < 1:
+        raise EffcnError(f"--images must be at least 1, got {n_images}.")
     if set(kinds) - {"recon", "gif"}:
         pyplot()  # fail early without matplotlib (recon and gif need only Pillow)
     run = RunDir.open(run)
@@ -104,17 +104,12 @@ def visualize_run(run: str | Path, kinds=KINDS, epoch: int | None = None, n_imag
     suffix = f"_epoch{epoch:03d}" if epoch is not None else ""
     written: list[Path] = []
     needs_model = [k for k in kinds if k not in ("gif", "curves")]
-    model = state = config = data = None
+    model = data = names = None
     if needs_model:
-        device = resolve_device("auto")
-        ckpt = checkpoint_for_epoch(run, epoch)
-        model, state = model_from_checkpoint(ckpt, map_location=device)
-        model.to(device).eval()
-        config = config_from_dict(state["config"])
-        data = RunData(config, device)
-        say(f"figures from {ckpt} (epoch {state.get('epoch')})")
-    names = (state or {}).get("class_names") or \
-        [str(i) for i in range(getattr(getattr(model, "config", None), "num_classes", 10))]
+        opened = open_run(checkpoint_for_epoch(run, epoch))
+        model, names = opened.model, opened.class_names
+        data = RunData(opened.config, opened.device)
+        say(f"figures from {opened.checkpoint} (epoch {opened.state.get('epoch')})")
 
     for kind in kinds:
         if kind in CAPSULE_KINDS and not has_capsules(model):

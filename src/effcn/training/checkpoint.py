@@ -98,6 +98,12 @@ def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path = "
                               f"config stored in the checkpoint.") from None
 
 
+def class_names_of(state: dict, num_classes: int) -> list[str]:
+    """The class names a checkpoint stores, or "0", "1", ... when it stores none."""
+    return [str(n) for n in state.get("class_names") or []] or \
+        [str(i) for i in range(num_classes)]
+
+
 def model_from_checkpoint(path: str | Path, map_location="cpu"):
     """Rebuild the model from the checkpoint alone; returns (model, state)."""
     from ..models import create_model

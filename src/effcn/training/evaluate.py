@@ -21,10 +21,7 @@ import torch
 from ..errors import EffcnError
 from ..io import write_json
 from . import fastpath
-from .checkpoint import model_from_checkpoint
-from .config import apply_overrides, config_from_dict
-from .environment import resolve_device
-from .rundir import RunDir, resolve_checkpoint
+from .runs import OpenedRun, open_run
 from .splits import TEST_SELECTED, load_eval_split
 from .tasks import Batch, EvalSet, Task, task_for
 from .tasks.classification import ImageSet
@@ -127,7 +124,7 @@ def evaluate_ensemble(runs, split: str = "test", checkpoint: str = "best", amp: 
     members, first = [], None
     for run in runs:
         e = prepare_run_evaluation(run, checkpoint, split, overrides, device)
-        names = list(e.state.get("class_names") or [])
+        names = e.class_names
         key = {"dataset": e.config.data.dataset, "classes": e.model.config.num_classes,
                "class names": names, "task": e.task.name, "set": e.eval_set.describe()}
         if first is None:
@@ -194,9 +191,11 @@ def evaluate_affnist(model, task: Task, root, device, batch_size: int = 500,
             "per_class_acc": result["per_class_acc"]}
 
 
-def side_by_side(first_name: str, first: dict, second_name: str, second: dict) -> str:
-    """A text table: one row per class and 'all', one column per test set."""
-    lines = [f"{'class':<7}{first_name:>14}{second_name:>16}"]
+def side_by_side(columns: list[dict]) -> str:
+    """A text table of a report's "side_by_side" columns ({"name", "acc", "images",
+    "per_class_acc"}, the first holds the classes): one row per class and 'all'."""
+    first, second = columns
+    lines = [f"{'class':<7}{first['name']:>14}{second['name']:>16}"]
     for c in first["per_class_acc"]:
         a, b = first["per_class_acc"][c], second["per_class_acc"].get(c, float("nan"))
         lines.append(f"{c:<7}{a:>14.4f}{b:>16.4f}")
@@ -207,40 +206,28 @@ def side_by_side(first_name: str, first: dict, second_name: str, second: dict) -
 
 # ------------------------------------------------------------------------ a run's checkpoint
 @dataclass
-class RunEvaluation:
-    """Everything an evaluation of a run's checkpoint is made of (figures reuse it)."""
-    checkpoint: Path
-    run: RunDir
-    model: torch.nn.Module
-    state: dict
-    config: object
+class RunEvaluation(OpenedRun):
+    """An opened run with its task and the evaluation set of ``split`` (figures reuse it)."""
     task: Task
     eval_set: EvalSet
     split: str
-    device: torch.device
 
 
 def prepare_run_evaluation(run: str | Path, checkpoint: str = "best", split: str = "test",
                            overrides: list[str] = (), device: str = "auto") -> RunEvaluation:
-    """Load a run's checkpoint (best | last | a .pt path), its config (+ ``overrides``, e.g.
-    data.root=...) and the evaluation set of ``split`` (test | val), on ``device``."""
-    ckpt = resolve_checkpoint(run, checkpoint)
-    dev = resolve_device(device)
-    model, state = model_from_checkpoint(ckpt, map_location=dev)
-    model.to(dev)
-    config = config_from_dict(state["config"])
-    apply_overrides(config, overrides)
-    task = task_for(config)
-    eval_set = task.eval_set(load_eval_split(config, split, dev), split)
-    return RunEvaluation(ckpt, RunDir.of_checkpoint(ckpt), model, state, config, task, eval_set,
-                         split, dev)
+    """Open a run's checkpoint (best | last | a .pt path) with its config (+ ``overrides``, e.g.
+    data.root=...) on ``device``, and load the evaluation set of ``split`` (test | val)."""
+    opened = open_run(run, checkpoint, device, overrides)
+    task = task_for(opened.config)
+    eval_set = task.eval_set(load_eval_split(opened.config, split, opened.device), split)
+    return RunEvaluation(**vars(opened), task=task, eval_set=eval_set, split=split)
 
 
 def evaluate_prepared(e: RunEvaluation, amp: str = "off", affnist: bool = True) -> dict:
     """The report of a prepared evaluation (see ``evaluate_run``)."""
     amp_dtype = fastpath.amp_dtype(amp, e.device)
     result = evaluate(e.model, e.task, e.eval_set, e.config.train.eval_batch_size, amp_dtype,
-                      class_names=e.state.get("class_names"))
+                      class_names=e.class_names)
     report = {"checkpoint": str(e.checkpoint), "epoch": e.state["epoch"], "split": e.split,
               "dataset": e.config.data.dataset, "task": e.task.name, "metric": e.task.metric,
               "precision": fastpath.precision_name(amp_dtype), **e.eval_set.describe(), **result}
@@ -250,10 +237,32 @@ def evaluate_prepared(e: RunEvaluation, amp: str = "off", affnist: bool = True) 
         aff = evaluate_affnist(e.model, e.task, e.config.data.root, e.device,
                                e.config.train.eval_batch_size, amp_dtype,
                                e.config.data.pixel_divisor)
+        # the flat keys are the report's documented fields (effcn compare reads affnist_acc)
         report.update({"affnist_acc": aff["acc"], "affnist_set": aff["set"],
                        "affnist_images": aff["images"],
                        "affnist_per_class_acc": aff["per_class_acc"]})
+        base = "MNIST-40" if report["dataset"] == "mnist40" else report["dataset"]
+        report["side_by_side"] = [
+            _column(f"{base} test", report),
+            _column("affNIST test" if aff["set"] == "affnist" else "affNIST-style", aff)]
+    report["evaluated_on"] = e.task.describe_eval_set(e.eval_set)
     return report
+
+
+def _column(name: str, result: dict) -> dict:
+    """One test set's column of a side-by-side comparison."""
+    return {"name": name, "acc": result["acc"], "images": result["images"],
+            "per_class_acc": result["per_class_acc"]}
+
+
+def write_eval_figures(e: RunEvaluation, say=print) -> list[Path]:
+    """The task's figures of an evaluation (MultiMNIST: the overlap figure) in RUN/figures; a
+    figure that cannot be drawn (e.g. matplotlib missing) is skipped with a message (``say``)."""
+    try:
+        return e.task.eval_figures(e.model, e.eval_set, e.run.figures)
+    except EffcnError as error:
+        say(f"no figure: {error}")
+        return []
 
 
 def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
@@ -263,10 +272,12 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
 
     The report: checkpoint, epoch, split, dataset, task, metric, precision, images (and how
     MultiMNIST pairs were drawn), loss, margin, recon, acc, per_class_acc, and for 40x40 MNIST
-    models on the test split the affNIST side (affnist_acc, affnist_set, ...). ``amp``: off (fp32,
-    the default, as the summary's test), bf16 or auto. With ``write``, the report is saved as
-    RUN/eval/<split>_<checkpoint>.json ("report_path"); summary.json is never touched.
-    """
+    models on the test split the affNIST side (affnist_acc, affnist_set, ..., and side_by_side:
+    the two test sets as columns {"name", "acc", "images", "per_class_acc"}); evaluated_on: the
+    task's words for the set (Task.describe_eval_set). ``amp``: off (fp32, the default, as the
+    summary's test), bf16 or auto. With ``write``, the report is saved as
+    RUN/eval/<split>_<checkpoint>.json ("report_path"); summary.json is never touched. The
+    task's figures (Task.eval_figures) are ``write_eval_figures``'s, as ``effcn eval`` draws."""
     prepared = prepare_run_evaluation(run, checkpoint, split, overrides, device)
     report = evaluate_prepared(prepared, amp, affnist)
     if write:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -119,6 +120,16 @@ class Task:
     def eval_set(self, split, name: str) -> EvalSet:
         """An evaluation set of a :class:`~effcn.training.splits.Split` (``name``: test, val)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------ evaluation reports
+    def describe_eval_set(self, eval_set: EvalSet) -> str:
+        """What an evaluation set holds, for a report's first line, e.g. "80 images"."""
+        return f"{len(eval_set)} {self.set_items}"
+
+    def eval_figures(self, model, eval_set: EvalSet, out_dir: Path) -> list[Path]:
+        """Write the task's own figures of an evaluation into ``out_dir``; returns their paths
+        (none by default). A figure that cannot be drawn raises EffcnError."""
+        return []
 
 
 def uses_semi_supervision(config) -> bool:

@@ -18,10 +18,12 @@ pairs are built their way (data.multimnist_test_style).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-from ...capsules import capsule_lengths, margin_loss, reconstruction_loss
+from ...capsules import margin_loss, reconstruction_loss
 from ...data.multimnist import (AnyOtherImage, MultiMNISTPairs, PartnerSampler, compose_batch,
                                 pad_digits)
 from ...errors import ConfigError
@@ -58,17 +60,6 @@ def two_digit_found(lengths: torch.Tensor, labels2: torch.Tensor) -> torch.Tenso
 def two_digit_accuracy(lengths: torch.Tensor, labels2: torch.Tensor) -> float:
     """The MultiMNIST accuracy: each of the two true labels found in the top two counts half."""
     return float(two_digit_found(lengths, labels2).mean())
-
-
-def two_label_forward(model, x: torch.Tensor, labels2: torch.Tensor | None = None):
-    """Capsule lengths (B, C) and two reconstructions (B, 2, C_img, H, W) or None: decoded from
-    the capsules of the true labels ``labels2`` (B, 2), or with None of the two longest."""
-    if labels2 is None:
-        capsules = model.encode(x)
-        lengths = capsule_lengths(capsules)
-        return lengths, model.reconstruct(capsules, lengths.topk(2, dim=1).indices)
-    out = model(x, labels2)
-    return out.lengths, out.reconstruction
 
 
 class PairSet(EvalSet):
@@ -168,3 +159,13 @@ class MultiMNISTTask(Task):
             pairs = MultiMNISTPairs(split.images, split.labels, partners=1, seed=VAL_SEED,
                                     style=d.multimnist_test_style)
         return PairSet(pairs, name)
+
+    def describe_eval_set(self, eval_set: PairSet) -> str:
+        pairs = eval_set.pairs
+        return f"{len(eval_set)} pairs ({pairs.n_digits} digits x {pairs.partners} partners)"
+
+    def eval_figures(self, model, eval_set: PairSet, out_dir: Path) -> list[Path]:
+        """The overlap figure of the set's most overlapping pairs (overlap_<split>.png)."""
+        from ...analysis.multimnist import overlap_figure  # figures sit above training
+        path = Path(out_dir) / f"overlap_{eval_set.name}.png"
+        return [overlap_figure(model, eval_set.pairs, path)]
