@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from effcn.models import create_model, list_models
-from effcn.models.efficient_capsnet import count_parameters  # moved by this branch; see below
+from effcn.models import count_parameters, create_model, list_models
 
 FINGERPRINTS = Path(__file__).parent / "fixtures" / "model_fingerprints.json"
 
