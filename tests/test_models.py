@@ -208,3 +208,9 @@ def test_too_small_input_is_refused_naming_the_smallest_size(name, size, smalles
     model = create_model(name, image_size=smallest, decoder="none")
     x = torch.rand(2, model.config.in_channels, smallest, smallest)
     assert model(x).capsules.shape[:2] == (2, model.config.num_classes)
+
+
+def test_primary_outputs_that_do_not_split_into_capsules_are_a_config_error():
+    with pytest.raises(ConfigError, match=r"128 primary outputs \(128 channels x 1x1\) do not "
+                                          r"split into 5-D capsules"):
+        create_model("efficient_capsnet_mnist", primary_dim=5)

@@ -82,6 +82,7 @@ class EfficientCapsNetConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: see the field), got {getattr(self, name)}")
         self._check_input_size()
+        self.num_primary_caps()  # the primary outputs split into capsules (else ValueError)
 
     def image_shape(self) -> tuple:
         """(H, W) of the inputs."""
@@ -140,16 +141,16 @@ class EfficientCapsNetConfig:
         return line
 
     def num_primary_caps(self) -> int:
-        """Primary capsules after reshaping the depthwise conv output."""
+        """Primary capsules after reshaping the depthwise conv output (the input size is checked
+        at construction, so the kernel fits the map)."""
         channels = self.stem[-1][0]
         (fh, fw), (kh, kw) = self.feature_map_shape(), self.primary_kernel_shape()
         oh, ow = (fh - kh) // self.primary_stride + 1, (fw - kw) // self.primary_stride + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"feature map {fh}x{fw} is smaller than the primary kernel {kh}x{kw} "
-                             f"for {self.image_shape()[0]}x{self.image_shape()[1]} images")
         total = channels * oh * ow
         if total % self.primary_dim:
-            raise ValueError(f"{total} primary outputs do not split into {self.primary_dim}-D capsules")
+            raise ValueError(f"the {total} primary outputs ({channels} channels x {oh}x{ow}) do not "
+                             f"split into {self.primary_dim}-D capsules; choose a primary_dim that "
+                             f"divides {total}")
         return total // self.primary_dim
 
 
