@@ -13,7 +13,7 @@ from effcn.cli import main
 from effcn.tools.compare import format_table, inference_images_per_s, run_row
 from effcn.errors import EffcnError
 from effcn.models import create_model
-from effcn.models.efficient_capsnet import count_parameters
+from effcn.models import count_parameters
 from effcn.training.tasks.classification import classification_loss_parts
 
 

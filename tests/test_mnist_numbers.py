@@ -18,7 +18,7 @@ from effcn.data.numbers import (MNISTNumbers, NumberSet, compose_numbers, epoch_
                                 number_labels, number_names)
 from effcn.errors import ConfigError
 from effcn.models import create_model, default_config, input_shape
-from effcn.models.efficient_capsnet import count_parameters
+from effcn.models import count_parameters
 from effcn.training.config import load_config
 from effcn.training.splits import load_test, load_train_val, train_val_split
 from effcn.training.tasks import NumbersTask, task_for

@@ -293,7 +293,8 @@ def test_imported_keras_weights_evaluate_with_effcn_eval(norb_root, tmp_path, ca
 # ------------------------------------------------------------------ presets
 def test_smallnorb_preset_has_the_authors_parameter_counts():
     from effcn.models import create_model
-    from effcn.models.efficient_capsnet import ConvDecoder, count_parameters
+    from effcn.models import count_parameters
+    from effcn.models.common import ConvDecoder
     model = create_model("efficient_capsnet_smallnorb")
     assert model.config.feature_map_size() == 8 and model.config.num_primary_caps() == 16
     assert count_parameters(model, include_decoder=False) == 151_664

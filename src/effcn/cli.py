@@ -330,7 +330,7 @@ def cmd_import_keras(args) -> int:
 
 def cmd_models(args) -> int:
     from .models import create_model, describe_model, list_models
-    from .models.efficient_capsnet import count_parameters
+    from .models import count_parameters
     print(f"{'model':<32} {'params':>10} {'w/o decoder':>12}  description")
     for name in list_models():
         m = create_model(name)

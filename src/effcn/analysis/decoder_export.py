@@ -51,7 +51,7 @@ def _op(module) -> dict | None:
 
 def _modules(decoder) -> list | None:
     """The decoder's modules in forward order, with ("reshape", shape) where it views."""
-    from ..models.efficient_capsnet import ConvDecoder, FCDecoder
+    from ..models.common import ConvDecoder, FCDecoder
     if isinstance(decoder, FCDecoder):
         return list(decoder.net)
     if isinstance(decoder, ConvDecoder):

@@ -13,13 +13,11 @@ MNIST preset: 6,804,224 parameters without the decoder (the paper's "6.8M"), 8,2
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
-from ..capsules import DynamicRouting, decode_masked, squash_hinton
-from .efficient_capsnet import CapsNetOutput, FCDecoder
+from ..capsules import DynamicRouting, squash_hinton
+from .common import CapsuleClassifier, build_decoder
 from .registry import register_model
 
 
@@ -80,10 +78,9 @@ class PrimaryCapsConv(nn.Module):
         return squash_hinton(x.reshape(b, self.maps * h * w, self.dim))
 
 
-class CapsNet(nn.Module):
-    """Sabour et al. 2017; see the module docstring for the layer stack."""
-
-    has_capsules = True
+class CapsNet(CapsuleClassifier):
+    """Sabour et al. 2017; see the module docstring for the layer stack. The routing output of
+    ``forward(x, return_routing=True)``: the final coupling coefficients c and routing logits b."""
 
     def __init__(self, config: CapsNetConfig):
         super().__init__()
@@ -94,32 +91,16 @@ class CapsNet(nn.Module):
                                        c.primary_kernel, c.primary_stride)
         self.digit_caps = DynamicRouting(c.num_primary_caps(), c.primary_dim, c.num_classes,
                                          c.caps_dim, iterations=c.routing_iterations)
-        self.decoder = (FCDecoder(c.num_classes * c.caps_dim, c.decoder_hidden,
-                                  (c.in_channels, c.image_size, c.image_size))
-                        if c.decoder == "fc" else None)
+        self.decoder = build_decoder(c.decoder, c.num_classes, c.caps_dim, c.decoder_hidden,
+                                     (c.in_channels, c.image_size, c.image_size))
 
-    def encode(self, x: torch.Tensor, return_routing: bool = False):
-        """x (B, C, H, W) float -> digit capsules (B, n_classes, D) [, c, logits]."""
-        return self.digit_caps(self.primary(self.conv(x)), return_routing=return_routing)
+    def primary_capsules(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> conv + ReLU -> primary capsules (B, 1152, 8) on MNIST."""
+        return self.primary(self.conv(x))
 
-    def reconstruct(self, capsules: torch.Tensor, labels: Optional[torch.Tensor] = None):
-        """Decode the capsule of ``labels`` (B,) or of each of ``labels`` (B, K) (then
-        (B, K, C, H, W)), or of the longest capsule when None."""
-        if self.decoder is None:
-            return None
-        return decode_masked(self.decoder, capsules, labels)
-
-    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                return_routing: bool = False) -> CapsNetOutput:
-        """x (B, C, H, W) in [0, 1]; labels (B,) (or (B, K)) mask the decoder input by the true
-        class (training), otherwise the longest capsule is decoded. routing/agreement are the final
-        coupling coefficients c and routing logits b, (B, n_classes, n_primary)."""
-        if return_routing:
-            capsules, routing, logits = self.encode(x, return_routing=True)
-        else:
-            capsules, routing, logits = self.encode(x), None, None
-        lengths = torch.linalg.vector_norm(capsules, dim=-1)
-        return CapsNetOutput(capsules, lengths, self.reconstruct(capsules, labels), routing, logits)
+    def class_lengths(self, capsules: torch.Tensor) -> torch.Tensor:
+        """|v_j| without the epsilon under the root that Efficient-CapsNet's authors add."""
+        return torch.linalg.vector_norm(capsules, dim=-1)
 
 
 def mnist_config() -> CapsNetConfig:

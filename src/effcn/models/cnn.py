@@ -10,8 +10,10 @@ classes) and 28x84 (32x7x21, 1,000 classes).
 
 MNIST preset: 28,938 parameters, the CNN of an earlier PyTorch port (reported 99.3% on MNIST,
 trained with cross-entropy). The forward returns a CapsNetOutput so the same trainer, eval and
-predict work: ``lengths`` holds class *probabilities* (softmax) with loss="cross_entropy", or
-independent *sigmoid scores* with loss="margin"; there are no capsules, no decoder, no routing.
+predict work: ``logits`` holds the unnormalised class scores the loss is computed on, and
+``lengths`` the scores every caller reads: class *probabilities* (softmax of the logits) with
+loss="cross_entropy", or independent *sigmoid scores* with loss="margin"; there are no capsules,
+no decoder, no routing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..capsules import margin_loss
-from .efficient_capsnet import CapsNetOutput
+from .common import CapsNetOutput
 from .registry import register_model
 
 
@@ -82,24 +84,26 @@ class BaselineCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 return_routing: bool = False) -> CapsNetOutput:
-        """x (B, C, H, W) -> CapsNetOutput with ``lengths`` = softmax probabilities
-        (cross_entropy) or sigmoid scores (margin), (B, n_classes); every other field is None.
-        ``labels`` and ``return_routing`` are accepted for the common call shape and unused."""
+        """x (B, C, H, W) -> CapsNetOutput with ``logits`` (B, n_classes) and ``lengths`` =
+        their softmax probabilities (cross_entropy) or sigmoid scores (margin); every other field
+        is None. ``labels`` and ``return_routing`` are accepted for the common call shape and
+        unused."""
         z = self.logits(x)
         scores = torch.softmax(z, dim=1) if self.config.loss == "cross_entropy" else torch.sigmoid(z)
-        return CapsNetOutput(None, scores, None, None, None)
+        return CapsNetOutput(None, scores, logits=z)
 
     def classification_loss(self, out: CapsNetOutput, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss on ``out.lengths``: cross-entropy of the softmax probabilities, or
-        the margin loss on the sigmoid scores. targets (B,) labels or (B, n_classes) multi-hot
-        (then the cross-entropy target is uniform over the true classes)."""
+        """The training loss: cross-entropy on ``out.logits`` (in fp32, whatever autocast gave),
+        or the margin loss on the sigmoid scores ``out.lengths``. targets (B,) labels or
+        (B, n_classes) multi-hot (then the cross-entropy target is uniform over the true
+        classes)."""
         if self.config.loss == "margin":
             return margin_loss(out.lengths, targets)
-        log_p = torch.log(out.lengths.clamp_min(torch.finfo(out.lengths.dtype).tiny))
+        logits = out.logits.float()
         if targets.dim() == 1:
-            return F.nll_loss(log_p, targets)
-        t = targets.to(log_p.dtype)
-        return -(t / t.sum(1, keepdim=True) * log_p).sum(1).mean()
+            return F.cross_entropy(logits, targets)
+        t = targets.to(logits.dtype)
+        return F.cross_entropy(logits, t / t.sum(1, keepdim=True))
 
 
 def mnist_config() -> CNNConfig:

@@ -14,36 +14,24 @@ embedding instead of all masked capsules (ClassEmbeddingDecoder: for many classe
 (40x40), smallnorb (151,664), cifar10, numbers2 / numbers3 (28x56 and 28x84 MNIST numbers, 100
 and 1,000 classes), and tiny variants for tests.
 
-Inputs may be non-square: ``image_size`` is the height, ``image_width`` the width (0: square),
-and ``primary_kernel=0`` makes the depthwise kernel cover the whole final map, whatever its shape.
+Any input size: ``image_size`` is the height, ``image_width`` the width (0: square), and the
+depthwise kernel of the primary capsules is derived from them (``primary_kernel=0``, the
+default): it covers the whole final feature map, whatever its shape (9x9 for 28x28, 11x11 for
+32x32, 9x23 for 28x56), so the primary layer always yields stem-channels / primary_dim capsules.
+A non-zero ``primary_kernel`` is a square kernel of that side (MultiMNIST: 5, stride 2).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
-
 import torch
 import torch.nn as nn
 
-from ..capsules import (PrimaryCaps, SelfAttentionRouting, capsule_lengths, decode_masked,
-                        keras_he_normal_)
+from ..capsules import PrimaryCaps, SelfAttentionRouting, keras_he_normal_
+from ..errors import ConfigError
+from .common import CapsuleClassifier, build_decoder
 from .registry import register_model
-
-
-class CapsNetOutput(NamedTuple):
-    """What a capsule network's forward returns.
-
-    capsules (B, n_classes, D); lengths (B, n_classes) in [0, 1); reconstruction (B, C, H, W) or
-    None (no decoder); routing: coupling coefficients c (B, n_out, n_in), summing to 1 over n_out,
-    and agreement: the routing logits A (B, n_out, n_in), both only when asked for.
-    """
-    capsules: torch.Tensor
-    lengths: torch.Tensor
-    reconstruction: Optional[torch.Tensor] = None
-    routing: Optional[torch.Tensor] = None
-    agreement: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -60,7 +48,7 @@ class EfficientCapsNetConfig:
     # BatchNorm running-average momentum (PyTorch convention). 0.01 = Keras' 0.99, the authors'
     # value; short CPU runs use 0.1 so the running statistics keep up within a few hundred steps.
     bn_momentum: float = 0.01
-    primary_kernel: int = 9             # side of the depthwise kernel; 0: the whole final map
+    primary_kernel: int = 0             # 0: derived, the whole final map; k: a k x k kernel
     # glorot_uniform: the authors' (Keras' default, their depthwise conv names none);
     # he_normal: effcn's init before 2026-12, kept to reproduce earlier runs.
     primary_init: str = "glorot_uniform"
@@ -93,6 +81,8 @@ class EfficientCapsNetConfig:
         for name in ("image_width", "primary_kernel"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: see the field), got {getattr(self, name)}")
+        self._check_input_size()
+        self.num_primary_caps()  # the primary outputs split into capsules (else ValueError)
 
     def image_shape(self) -> tuple:
         """(H, W) of the inputs."""
@@ -104,6 +94,26 @@ class EfficientCapsNetConfig:
         for _, k, s in self.stem:
             shape = [(side - k) // s + 1 for side in shape]
         return tuple(shape)
+
+    def smallest_input_side(self) -> int:
+        """The smallest input height (and width) the stem maps to a feature map the primary
+        kernel fits: each 'valid' conv (k, stride s) needs (side - 1) * s + k input pixels.
+        InstanceNorm needs more than one pixel per map in training, so a 2x2 map at least."""
+        side = max(self.primary_kernel, 2 if self.norm == "instance" else 1)
+        for _, k, s in reversed(self.stem):
+            side = (side - 1) * s + k
+        return side
+
+    def _check_input_size(self):
+        (h, w), smallest = self.image_shape(), self.smallest_input_side()
+        if min(h, w) < smallest:
+            raise ConfigError(
+                f"{h}x{w} inputs are too small for this Efficient-CapsNet's stem of "
+                f"{len(self.stem)} 'valid' convs" + (f" and its {self.primary_kernel}x"
+                                                    f"{self.primary_kernel} primary kernel"
+                                                    if self.primary_kernel else "")
+                + f"; the smallest input that works is {smallest}x{smallest} (each side at "
+                f"least {smallest} pixels), so resize or pad the images.")
 
     def feature_map_size(self) -> int:
         """The side of a square feature map (feature_map_shape for any shape)."""
@@ -118,110 +128,34 @@ class EfficientCapsNetConfig:
             return self.feature_map_shape()
         return self.primary_kernel, self.primary_kernel
 
+    def describe_primary(self) -> str:
+        """One line on the primary capsules' depthwise kernel, e.g. "primary capsules: 11x11
+        depthwise kernel for 32x32 input"."""
+        (kh, kw), (h, w) = self.primary_kernel_shape(), self.image_shape()
+        line = f"primary capsules: {kh}x{kw} depthwise kernel for {h}x{w} input"
+        if self.primary_kernel:
+            fh, fw = self.feature_map_shape()
+            line += f" (set by primary_kernel={self.primary_kernel}"
+            line += f", stride {self.primary_stride}" if self.primary_stride != 1 else ""
+            line += f", on the {fh}x{fw} feature map)"
+        return line
+
     def num_primary_caps(self) -> int:
-        """Primary capsules after reshaping the depthwise conv output."""
+        """Primary capsules after reshaping the depthwise conv output (the input size is checked
+        at construction, so the kernel fits the map)."""
         channels = self.stem[-1][0]
         (fh, fw), (kh, kw) = self.feature_map_shape(), self.primary_kernel_shape()
         oh, ow = (fh - kh) // self.primary_stride + 1, (fw - kw) // self.primary_stride + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"feature map {fh}x{fw} is smaller than the primary kernel {kh}x{kw} "
-                             f"for {self.image_shape()[0]}x{self.image_shape()[1]} images")
         total = channels * oh * ow
         if total % self.primary_dim:
-            raise ValueError(f"{total} primary outputs do not split into {self.primary_dim}-D capsules")
+            raise ValueError(f"the {total} primary outputs ({channels} channels x {oh}x{ow}) do not "
+                             f"split into {self.primary_dim}-D capsules; choose a primary_dim that "
+                             f"divides {total}")
         return total // self.primary_dim
 
 
-class FCDecoder(nn.Module):
-    """Masked capsules (B, n_classes * D) -> image (B, C, H, W), sigmoid output."""
-
-    def __init__(self, in_features: int, hidden: tuple, out_shape: tuple):
-        super().__init__()
-        layers, width = [], in_features
-        for h in hidden:
-            linear = nn.Linear(width, h)
-            keras_he_normal_(linear.weight, fan_in=width)
-            nn.init.zeros_(linear.bias)
-            layers += [linear, nn.ReLU(inplace=True)]
-            width = h
-        out = nn.Linear(width, out_shape[0] * out_shape[1] * out_shape[2])
-        # The authors' last layer uses glorot_normal (truncated, std sqrt(2/(fan_in+fan_out))).
-        keras_he_normal_(out.weight, fan_in=width + out.out_features)
-        nn.init.zeros_(out.bias)
-        self.net = nn.Sequential(*layers, out, nn.Sigmoid())
-        self.out_shape = out_shape
-
-    def forward(self, masked: torch.Tensor) -> torch.Tensor:
-        return self.net(masked).view(-1, *self.out_shape)
-
-
-class ConvDecoder(nn.Module):
-    """Masked capsules (B, n_classes * D) -> image (B, C, H, W), the authors' smallNORB generator.
-
-    Dense (no activation) to a 1-channel ``seed x seed`` map, then for each width in ``hidden``:
-    bilinear upsampling x2 and a 3x3 'valid' conv with leaky ReLU; a last 3x3 'valid' conv to C
-    channels with a sigmoid. Each stage maps a side s to 2s - 2, so ``seed`` is solved from the
-    image size (8 for 48, 6 for 32). Follows the authors' code: the leaky ReLU here is
-    tf.nn.leaky_relu (slope 0.2), not the stem's Keras LeakyReLU (0.3).
-    """
-
-    def __init__(self, in_features: int, hidden: tuple, out_shape: tuple):
-        super().__init__()
-        channels, height, width = out_shape
-        if height != width:
-            raise ValueError(f"the conv decoder needs square images, got {height}x{width}")
-        side = height + 2  # before the last 3x3 'valid' conv
-        for _ in hidden:
-            if side % 2:
-                raise ValueError(f"the conv decoder with {len(hidden)} upsampling stages cannot "
-                                 f"produce {height}x{width} images")
-            side = (side + 2) // 2
-        self.seed = side
-        self.dense = nn.Linear(in_features, side * side)
-        stages, width_in = [], 1
-        for h in hidden:
-            stages += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                       nn.Conv2d(width_in, h, 3), nn.LeakyReLU(0.2, inplace=True)]
-            width_in = h
-        self.convs = nn.Sequential(*stages, nn.Conv2d(width_in, channels, 3), nn.Sigmoid())
-        # Keras defaults of the authors' generator: glorot_uniform kernels, zero biases.
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, masked: torch.Tensor) -> torch.Tensor:
-        return self.convs(self.dense(masked).view(-1, 1, self.seed, self.seed))
-
-
-class ClassEmbeddingDecoder(nn.Module):
-    """Masked capsules (B, n_classes * D) -> image: ``inner`` decodes [v, e_k] (B, 2D), v the one
-    capsule the mask kept (the sum over classes: the others are zero) and e_k a learned
-    embedding of its class k. The decoder's first layer then has 2D inputs instead of
-    n_classes * D (32 instead of 16,000 at 1,000 classes), and reads the same masked input
-    as the paper's decoder, so every caller of a decoder works unchanged. A mask that keeps
-    several capsules (the semi-supervised unlabeled_recon_mask=none) has no single class: refused
-    by the tasks that would pass one."""
-
-    def __init__(self, num_classes: int, caps_dim: int, inner: nn.Module):
-        super().__init__()
-        self.num_classes, self.caps_dim = num_classes, caps_dim
-        self.embedding = nn.Embedding(num_classes, caps_dim)
-        nn.init.normal_(self.embedding.weight, std=0.1)  # about a trained capsule's entries
-        self.inner = inner
-
-    def forward(self, masked: torch.Tensor) -> torch.Tensor:
-        capsules = masked.view(-1, self.num_classes, self.caps_dim)
-        with torch.no_grad():
-            kept = capsules.abs().sum(dim=-1).argmax(dim=1)
-        vector = capsules.sum(dim=1)
-        return self.inner(torch.cat([vector, self.embedding(kept).to(vector.dtype)], dim=1))
-
-
-class EfficientCapsNet(nn.Module):
+class EfficientCapsNet(CapsuleClassifier):
     """Efficient-CapsNet; see the module docstring for the layer stack."""
-
-    has_capsules = True
 
     def __init__(self, config: EfficientCapsNetConfig):
         super().__init__()
@@ -250,44 +184,16 @@ class EfficientCapsNet(nn.Module):
                                    stride=c.primary_stride, init=c.primary_init)
         self.digit_caps = SelfAttentionRouting(n_primary, c.primary_dim, c.num_classes, c.caps_dim,
                                                uniform=c.routing == "uniform", rank=c.caps_rank)
-        decoder_cls = {"fc": FCDecoder, "conv": ConvDecoder}.get(c.decoder)
-        self.decoder = None
-        if decoder_cls:
-            embedded = c.decoder_conditioning == "embedding"
-            self.decoder = decoder_cls((2 if embedded else c.num_classes) * c.caps_dim,
-                                       c.decoder_hidden, (c.in_channels, *c.image_shape()))
-            if embedded:
-                self.decoder = ClassEmbeddingDecoder(c.num_classes, c.caps_dim, self.decoder)
+        self.decoder = build_decoder(c.decoder, c.num_classes, c.caps_dim, c.decoder_hidden,
+                                     (c.in_channels, *c.image_shape()), c.decoder_conditioning)
 
-    def encode(self, x: torch.Tensor, return_routing: bool = False):
-        """x (B, C, H, W) float -> digit capsules (B, n_classes, D) [, c, A]."""
-        return self.digit_caps(self.primary(self.stem(x)), return_routing=return_routing)
+    def primary_capsules(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> the stem's map -> depthwise conv -> (B, n_primary, primary_dim)."""
+        return self.primary(self.stem(x))
 
-    def reconstruct(self, capsules: torch.Tensor, labels: Optional[torch.Tensor] = None):
-        """Decode the capsule of ``labels`` (B,) or of each of ``labels`` (B, K) (then
-        (B, K, C, H, W)), or of the longest capsule when None."""
-        if self.decoder is None:
-            return None
-        return decode_masked(self.decoder, capsules, labels)
-
-    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                return_routing: bool = False) -> CapsNetOutput:
-        """x (B, C, H, W) in [0, 1]; labels (B,) mask the decoder input by the true class
-        (pass them in training; (B, K) gives K reconstructions, MultiMNIST), otherwise the
-        longest capsule is decoded."""
-        if return_routing:
-            capsules, routing, agreement = self.encode(x, return_routing=True)
-        else:
-            capsules, routing, agreement = self.encode(x), None, None
-        lengths = capsule_lengths(capsules)
-        return CapsNetOutput(capsules, lengths, self.reconstruct(capsules, labels), routing,
-                             agreement)
-
-
-def count_parameters(module: nn.Module, include_decoder: bool = True) -> int:
-    """Trainable parameters (BatchNorm running statistics are buffers and do not count)."""
-    return sum(p.numel() for name, p in module.named_parameters()
-               if p.requires_grad and (include_decoder or not name.startswith("decoder.")))
+    def describe_primary(self) -> str:
+        """e.g. "primary capsules: 11x11 depthwise kernel for 32x32 input" (for a log line)."""
+        return self.config.describe_primary()
 
 
 def mnist_config() -> EfficientCapsNetConfig:
@@ -295,17 +201,19 @@ def mnist_config() -> EfficientCapsNetConfig:
 
 
 def multimnist_config() -> EfficientCapsNetConfig:
+    """The authors' MultiMNIST model: 36x36 inputs, strides 2 in the last two convs (map 6x6) and
+    their 5x5 stride-2 depthwise kernel, set explicitly (it does not cover the whole map)."""
     return EfficientCapsNetConfig(image_size=36, stem=((32, 5, 1), (64, 3, 1), (64, 3, 2), (128, 3, 2)),
                                   primary_kernel=5, primary_stride=2)
 
 
 def affnist_config() -> EfficientCapsNetConfig:
-    """40x40 inputs (the affNIST protocol), adapted from the MNIST preset by changing only the
-    primary kernel: the same four convs take 40 -> 36 -> 34 -> 32 -> 15, so a 15x15 depthwise
-    kernel (MNIST: 9x9 on its 9x9 map) again sees the whole map and yields 128 values = 16
+    """40x40 inputs (the affNIST protocol), the MNIST preset with only the input size changed:
+    the same four convs take 40 -> 36 -> 34 -> 32 -> 15, so the derived 15x15 depthwise kernel
+    (MNIST: 9x9 on its 9x9 map) again sees the whole map and yields 128 values = 16
     capsules x 8 dims. Everything after the primary capsules is the MNIST preset's; the decoder
     outputs 40x40. The depthwise layer grows from 10,496 to 28,928 parameters."""
-    return EfficientCapsNetConfig(image_size=40, primary_kernel=15)
+    return EfficientCapsNetConfig(image_size=40)
 
 
 def tiny_config() -> EfficientCapsNetConfig:
@@ -318,7 +226,7 @@ def smallnorb_config() -> EfficientCapsNetConfig:
     """The authors' smallNORB model: 2x48x48 stereo crops, 5 classes, conv decoder."""
     return EfficientCapsNetConfig(image_size=48, in_channels=2, num_classes=5,
                                   stem=((32, 7, 2), (64, 3, 1), (64, 3, 1), (128, 3, 2)),
-                                  activation="leaky_relu", norm="instance", primary_kernel=8,
+                                  activation="leaky_relu", norm="instance",
                                   decoder="conv", decoder_hidden=(64, 128, 128))
 
 
@@ -330,28 +238,26 @@ def smallnorb_tiny_config() -> EfficientCapsNetConfig:
 
 def cifar10_config() -> EfficientCapsNetConfig:
     """Our choice for 3x32x32 CIFAR-10 (the authors gave none): the MNIST stem widened for
-    colour (feature map 128x11x11 -> depthwise 11x11 -> 16 capsules x 8), BatchNorm and ReLU
-    as for MNIST, and smallNORB's upsampling conv decoder (3x32x32 output)."""
-    return EfficientCapsNetConfig(image_size=32, in_channels=3, primary_kernel=11,
+    colour (feature map 128x11x11 -> derived depthwise 11x11 -> 16 capsules x 8), BatchNorm and
+    ReLU as for MNIST, and smallNORB's upsampling conv decoder (3x32x32 output)."""
+    return EfficientCapsNetConfig(image_size=32, in_channels=3,
                                   decoder="conv", decoder_hidden=(64, 128, 128))
 
 
 def numbers_config(digits: int) -> EfficientCapsNetConfig:
     """MNIST numbers of ``digits`` digits side by side: 1x28x(28 * digits), 10**digits classes.
     The MNIST preset with only what the input forces changed: the same four convs take 28x56 to a
-    9x23 map (28x84: 9x37), the depthwise kernel covers that whole map (primary_kernel=0) and
-    again yields 16 capsules of 8 dimensions; the FC decoder outputs the composed image. Full
+    9x23 map (28x84: 9x37), the derived depthwise kernel covers that whole map and again yields 16 capsules of 8 dimensions; the FC decoder outputs the composed image. Full
     class-capsule weights; ``caps_rank=R`` factorises them (docs: models)."""
-    return EfficientCapsNetConfig(image_width=28 * digits, num_classes=10 ** digits,
-                                  primary_kernel=0)
+    return EfficientCapsNetConfig(image_width=28 * digits, num_classes=10 ** digits)
 
 
 register_model("efficient_capsnet_mnist", EfficientCapsNet, mnist_config,
                "Efficient-CapsNet, MNIST preset (28x28x1, 10 classes)")
 register_model("efficient_capsnet_multimnist", EfficientCapsNet, multimnist_config,
-               "Efficient-CapsNet, MultiMNIST preset (36x36x1, stride-2 stem, depthwise 5x5/2)")
+               "Efficient-CapsNet, MultiMNIST preset (36x36x1, stride-2 stem)")
 register_model("efficient_capsnet_affnist", EfficientCapsNet, affnist_config,
-               "Efficient-CapsNet, 40x40 preset for the affNIST protocol (MNIST stem, depthwise 15x15)")
+               "Efficient-CapsNet, 40x40 preset for the affNIST protocol (MNIST stem)")
 register_model("efficient_capsnet_tiny", EfficientCapsNet, tiny_config,
                "A tiny 28x28 Efficient-CapsNet for tests and smoke runs")
 register_model("efficient_capsnet_smallnorb", EfficientCapsNet, smallnorb_config,
@@ -362,6 +268,6 @@ register_model("efficient_capsnet_smallnorb_tiny", EfficientCapsNet, smallnorb_t
 register_model("efficient_capsnet_cifar10", EfficientCapsNet, cifar10_config,
                "Efficient-CapsNet, CIFAR-10 preset (3x32x32, our choices; conv decoder)")
 register_model("efficient_capsnet_numbers2", EfficientCapsNet, lambda: numbers_config(2),
-               "Efficient-CapsNet, 2-digit MNIST numbers (1x28x56, 100 classes; depthwise 9x23)")
+               "Efficient-CapsNet, 2-digit MNIST numbers (1x28x56, 100 classes)")
 register_model("efficient_capsnet_numbers3", EfficientCapsNet, lambda: numbers_config(3),
-               "Efficient-CapsNet, 3-digit MNIST numbers (1x28x84, 1,000 classes; depthwise 9x37)")
+               "Efficient-CapsNet, 3-digit MNIST numbers (1x28x84, 1,000 classes)")

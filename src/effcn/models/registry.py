@@ -1,4 +1,5 @@
-"""A small registry of named model variants (timm-style): create_model / list_models.
+"""A small registry of named model variants (timm-style): create_model / list_models, and
+count_parameters.
 
 Each name maps to a model class and its default dataclass config. Checkpoints store the name and
 the full config, so ``create_model(name, **config)`` rebuilds a trained model exactly.
@@ -7,6 +8,7 @@ the full config, so ``create_model(name, **config)`` rebuilds a trained model ex
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from typing import Callable
 
 import torch.nn as nn
@@ -23,13 +25,26 @@ def register_model(name: str, cls: type, config_fn: Callable[[], object], descri
     _REGISTRY[name] = (cls, config_fn, description)
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(filter: str = "") -> list[str]:
+    """The registered names, sorted; ``filter`` a glob pattern keeps the matching ones
+    (``list_models("efficient_capsnet_*")``), as timm's list_models does."""
+    names = sorted(_REGISTRY)
+    return fnmatch.filter(names, filter) if filter else names
 
 
 def describe_model(name: str) -> str:
-    """The preset's one-line description (parameter counts: ``effcn models`` computes them)."""
-    return _lookup(name)[2]
+    """The preset's one-line description, with the config's ``describe_primary()`` line where it
+    has one (parameter counts: ``effcn models`` computes them)."""
+    _, config_fn, description = _lookup(name)
+    describe_primary = getattr(config_fn(), "describe_primary", None)
+    return f"{description}; {describe_primary()}" if describe_primary else description
+
+
+def count_parameters(module: nn.Module, include_decoder: bool = True) -> int:
+    """Trainable parameters (BatchNorm running statistics are buffers and do not count);
+    ``include_decoder=False`` leaves out those under a ``decoder`` attribute."""
+    return sum(p.numel() for name, p in module.named_parameters()
+               if p.requires_grad and (include_decoder or not name.startswith("decoder.")))
 
 
 def default_config(name: str):

@@ -25,7 +25,7 @@ import torch
 from ..errors import ConfigError, EffcnError, Interrupted, Preempted, filesystem_error
 from ..io import read_json, write_json
 from ..models import create_model
-from ..models.efficient_capsnet import count_parameters
+from ..models import count_parameters
 from . import distributed, fastpath
 from .callbacks import Callback, callbacks_from_config
 from .checkpoint import checkpoint_state, load_checkpoint, load_model_weights, save_checkpoint
