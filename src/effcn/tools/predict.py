@@ -81,7 +81,7 @@ def predict(run: str | Path | OpenedRun, images, checkpoint: str = "best",
 
 def _check_run(opened: OpenedRun) -> None:
     """Refuse runs whose data go through an evaluation preprocessing predict does not apply."""
-    from ..data.augment import build_augment
+    from ..data.transforms import build_augment
     from ..training.tasks.classification import eval_transform_of
     augment = opened.config.data.augment
     if eval_transform_of(build_augment(augment)) is not None:
