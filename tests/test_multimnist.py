@@ -11,8 +11,8 @@ import torch
 
 from effcn.data.multimnist import (MAX_SHIFT, MultiMNIST, MultiMNISTPairs, PartnerSampler,
                                    compose, compose_batch, pad_digits)
-from effcn.training.tasks.multimnist import (two_digit_accuracy, two_digit_found, two_label_forward,
-                                       two_label_loss)
+from effcn.analysis.multimnist import two_label_forward
+from effcn.training.tasks.multimnist import two_digit_accuracy, two_digit_found, two_label_loss
 
 
 def mnist_like(n: int, seed: int = 0):

@@ -2,14 +2,14 @@
 
     cli                     (and effcn/__init__.py, the public face)
     tools                   bench, compare, runs, sweep, visualize, import_keras
-    analysis                figures and the arrays behind them
     training                config, the loop and its tasks, evaluation, run directory, ...
+    analysis                figures and the arrays behind them (functions of model and data)
     models | data           networks ; datasets (neither imports the other)
     capsules
     errors, io, _version
 
-A module may import from its own layer or any layer below. The one exception, and only inside a
-function (a lazy import): training/callbacks.py draws reconstruction grids with effcn.analysis.
+A module may import from its own layer or any layer below, with no exception: training's figure
+callbacks import analysis like any other library.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from helpers import REPO
 
 SRC = REPO / "src" / "effcn"
 LAYERS = {"effcn._version": 0, "effcn.errors": 0, "effcn.io": 0, "effcn.capsules": 1,
-          "effcn.models": 2, "effcn.data": 2, "effcn.training": 3, "effcn.analysis": 4,
+          "effcn.models": 2, "effcn.data": 2, "effcn.analysis": 3, "effcn.training": 4,
           "effcn.tools": 5, "effcn.cli": 6, "effcn.__main__": 6, "effcn": 6}
-LAZY_EXCEPTIONS = {("effcn.training.callbacks", "effcn.analysis")}
 
 
 def module_name(path: Path) -> str:
@@ -81,13 +80,13 @@ def all_imports():
 
 def test_imports_point_down_the_layers():
     wrong = []
-    for module, path, target, line, lazy in all_imports():
+    for module, path, target, line, _ in all_imports():
         a, b = part_of(module), part_of(target)
         if LAYERS[b] < LAYERS[a] or a == b or (LAYERS[b] == LAYERS[a] and LAYERS[a] != 2):
             continue
         if {a, b} == {"effcn.models", "effcn.data"}:  # side by side, never into each other
             wrong.append(f"{path.relative_to(REPO)}:{line} ({a} imports {b}, its neighbour)")
-        elif not (lazy and (module, b) in LAZY_EXCEPTIONS):
+        else:
             wrong.append(f"{path.relative_to(REPO)}:{line} ({a} imports {target}, a layer above)")
     assert not wrong, "imports that point up:\n" + "\n".join(wrong)
 

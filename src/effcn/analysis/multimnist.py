@@ -1,6 +1,7 @@
-"""MultiMNIST figure: overlapping pairs, and the two reconstructions coloured differently.
+"""MultiMNIST: the two-digit reading of a model (two_label_forward) and the figure of overlapping
+pairs with the two reconstructions coloured differently.
 
-Needs matplotlib (``pip install 'effcn[viz]'``).
+The figure needs matplotlib (``pip install 'effcn[viz]'``).
 """
 
 from __future__ import annotations
@@ -9,11 +10,24 @@ from pathlib import Path
 
 import torch
 
+from ..capsules import capsule_lengths
+
 
 def colour_pair(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Two (H, W) maps in [0, 1] -> an RGB image (H, W, 3): first in red, second in cyan
     (overlapping strokes look white)."""
     return torch.stack([first, second, second], dim=-1).clamp(0, 1)
+
+
+def two_label_forward(model, x: torch.Tensor, labels2: torch.Tensor | None = None):
+    """Capsule lengths (B, C) and two reconstructions (B, 2, C_img, H, W) or None: decoded from
+    the capsules of the true labels ``labels2`` (B, 2), or with None of the two longest."""
+    if labels2 is None:
+        capsules = model.encode(x)
+        lengths = capsule_lengths(capsules)
+        return lengths, model.reconstruct(capsules, lengths.topk(2, dim=1).indices)
+    out = model(x, labels2)
+    return out.lengths, out.reconstruction
 
 
 @torch.no_grad()
@@ -31,7 +45,6 @@ def overlap_figure(model, pairs, path: str | Path, n: int = 6, pool: int = 500) 
         raise EffcnError("the MultiMNIST figure needs matplotlib; install it with "
                          "pip install 'effcn[viz]'.") from None
     from ..io import atomic_write_bytes
-    from ..training.tasks.multimnist import two_label_forward
     model.eval()
     x, y2, parts = pairs.batch(0, min(pool, len(pairs)))
     overlap = ((parts[:, 0] > 0.2) & (parts[:, 1] > 0.2)).flatten(1).sum(1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...capsules import capsule_lengths, margin_loss, reconstruction_loss
+from ...capsules import margin_loss, reconstruction_loss
 from ...data.multimnist import (AnyOtherImage, MultiMNISTPairs, PartnerSampler, compose_batch,
                                 pad_digits)
 from ...errors import ConfigError
@@ -58,17 +58,6 @@ def two_digit_found(lengths: torch.Tensor, labels2: torch.Tensor) -> torch.Tenso
 def two_digit_accuracy(lengths: torch.Tensor, labels2: torch.Tensor) -> float:
     """The MultiMNIST accuracy: each of the two true labels found in the top two counts half."""
     return float(two_digit_found(lengths, labels2).mean())
-
-
-def two_label_forward(model, x: torch.Tensor, labels2: torch.Tensor | None = None):
-    """Capsule lengths (B, C) and two reconstructions (B, 2, C_img, H, W) or None: decoded from
-    the capsules of the true labels ``labels2`` (B, 2), or with None of the two longest."""
-    if labels2 is None:
-        capsules = model.encode(x)
-        lengths = capsule_lengths(capsules)
-        return lengths, model.reconstruct(capsules, lengths.topk(2, dim=1).indices)
-    out = model(x, labels2)
-    return out.lengths, out.reconstruction
 
 
 class PairSet(EvalSet):
