@@ -140,3 +140,52 @@ def test_import_effcn_is_light():
         assert getattr(effcn, name) is not None
     with pytest.raises(AttributeError):
         effcn.no_such_thing  # noqa: B018
+
+
+# ------------------------------------------------------------- the architecture page's maps
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+NOT_IN_THE_REPOSITORY = {"runs", "data", "build", "dist", "site"}  # made by running, ignored
+
+
+def code_block_after(heading: str) -> list[str]:
+    """The lines of the first fenced code block after ``heading`` on the architecture page."""
+    lines = ARCHITECTURE.read_text().splitlines()
+    start = lines.index(heading)
+    opening = next(i for i in range(start, len(lines)) if lines[i].startswith("```"))
+    closing = next(i for i in range(opening + 1, len(lines)) if lines[i].startswith("```"))
+    return lines[opening + 1:closing]
+
+
+def mapped_modules() -> set[str]:
+    """Paths (relative to src/effcn) of the entries of the module map: a line whose indentation
+    is two spaces per folder level and whose first word ends in .py or / is an entry; deeper
+    indented lines continue a description."""
+    block = code_block_after("## The module map")
+    assert block[0] == "src/effcn/"
+    folders, found = [], set()
+    for line in block[1:]:
+        depth, rest = divmod(len(line) - len(line.lstrip(" ")), 2)
+        word = line.split()[0] if line.strip() else ""
+        if rest or depth < 1 or depth > len(folders) + 1 or not word.endswith((".py", "/")):
+            continue  # a description's continuation
+        del folders[depth - 1:]
+        if word.endswith("/"):
+            folders.append(word.rstrip("/"))
+        else:
+            found.add("/".join(folders + [word]))
+    return found
+
+
+def test_the_module_map_lists_every_module():
+    modules = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
+    mapped = mapped_modules()
+    assert not modules - mapped, f"missing from docs/architecture.md: {sorted(modules - mapped)}"
+    assert not mapped - modules, f"on the map but not in src/effcn: {sorted(mapped - modules)}"
+
+
+def test_the_folder_section_lists_every_root_folder():
+    listed = {line.split("/")[0] for line in code_block_after("## The folders of the repository")
+              if line[:1].strip()}
+    folders = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and p.name not in NOT_IN_THE_REPOSITORY and not p.name.endswith(".egg-info")}
+    assert listed == folders

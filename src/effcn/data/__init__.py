@@ -5,7 +5,7 @@ Convention for an entry of ``DATASETS`` (name -> class): the class takes
 classmethods ``search_dirs(root) -> [Path]`` (folders searched, in order) and
 ``locate(root, split) -> Path | None`` (the folder holding that split, without reading it),
 and names its splits in ``splits`` (a tuple) or as the keys of a ``files`` dict.
-Items are ``(image uint8 tensor (C, H, W), int label)``.
+Items are ``(image uint8 tensor (C, H, W), int label)``. ``register_dataset`` adds one.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ DATASETS: Dict[str, type] = {
     "multimnist": MultiMNIST,
     "mnist_numbers": MNISTNumbers,
 }
+
+
+def register_dataset(name: str, cls: type) -> type:
+    """Register ``cls`` (following the convention above) as ``data.dataset=name``; returns cls."""
+    if name in DATASETS:
+        raise ValueError(f"dataset {name!r} is already registered")
+    DATASETS[name] = cls
+    return cls
 
 
 def list_datasets() -> List[str]:
@@ -74,5 +82,5 @@ def describe_datasets(root: Optional[str] = None) -> List[Dict[str, object]]:
     return out
 
 
-__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", "IDXClassification", "MNIST", "IDXFolder", "FashionMNIST",
+__all__ = ["DATASETS", "register_dataset", "get_dataset", "list_datasets", "describe_datasets", "IDXClassification", "MNIST", "IDXFolder", "FashionMNIST",
            "SmallNORB", "CIFAR10"]
