@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import (REPO, SHARED_MNIST, assert_one_sentence_error, effcn_in_process,
-                     numbers_overrides, quick_overrides, write_untrained_run)
+                     numbers_overrides, write_untrained_run)
 from effcn.data.numbers import (MNISTNumbers, NumberSet, compose_numbers, epoch_table,
                                 number_labels, number_names)
 from effcn.errors import ConfigError
