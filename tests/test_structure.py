@@ -124,6 +124,8 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
     (target, _, lazy), = imports_of(fake / "bad.py")
     assert target == "effcn.training.trainer" and lazy
     assert LAYERS[part_of(target)] > LAYERS[part_of("effcn.data.bad")]
+    # analysis sits below training: a figure module that imported the trainer would be reported
+    assert LAYERS[part_of("effcn.training.trainer")] > LAYERS[part_of("effcn.analysis.curves")]
 
 
 def test_import_effcn_is_light():
