@@ -5,7 +5,7 @@ time (numpy, scipy.ndimage, PIL's Lanczos resize, as the authors' code did per s
 DataLoader that collates the samples, eager fp32, and the model written the obvious way (the
 primary capsules as a depthwise convolution, the predictions as a broadcast matmul, the
 agreement as the full n_in x n_in matrix of dot products, then summed). Parameter names match
-effcn's EfficientCapsNet, so the same weights load into both (compare.py checks the outputs).
+effcn's EfficientCapsNet, so the same weights load into both (throughput_vs_reference.py checks the outputs).
 
 Needs numpy, scipy and pillow (pip install 'effcn[scipy,image]').
 """
@@ -140,7 +140,7 @@ def reference_loss(lengths, recon, x, y):
 
 
 class ReferenceContender:
-    """Training steps from a per-sample DataLoader and evaluation, as compare.py times them."""
+    """Training steps from a per-sample DataLoader and evaluation, as throughput_vs_reference.py times them."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int,
                  eval_batch_size: int, workers: int = 0):

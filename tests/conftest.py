@@ -4,6 +4,7 @@ and one finished tiny run shared by the tests that only read a finished run."""
 from __future__ import annotations
 
 import importlib.util
+import signal
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,22 @@ def tiny_run(synthetic_root, tmp_path_factory) -> FinishedRun:
     after = snapshot(run.path)
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     assert not changed, f"a test wrote into the shared tiny_run (copy it first): {changed}"
+
+
+@pytest.fixture
+def time_limit():
+    """time_limit(seconds): fail the test, naming the limit, if it runs longer (SIGALRM)."""
+    previous = signal.getsignal(signal.SIGALRM)
+
+    def arm(seconds: float) -> None:
+        def expired(signum, frame):
+            pytest.fail(f"took longer than its limit of {seconds} s")
+        signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    yield arm
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(autouse=True)

@@ -216,6 +216,41 @@ def quick_overrides(root: Path, run_dir: Path, epochs: int = 2, name: str = "qui
             "optim.lr=0.003", f"run.dir={run_dir}", f"run.name={name}", "train.device=cpu"]
 
 
+def multimnist_overrides(root: Path, out: Path, name: str, extra=()) -> list[str]:
+    """A seconds-long MultiMNIST run of the tiny model (36x36) on the synthetic digits (with
+    MultiMNIST.sha256 emptied: the synthetic files are not MNIST's)."""
+    base = [o for o in quick_overrides(root, out, epochs=1, name=name)
+            if not o.startswith("data.dataset")]
+    return base + ["data.dataset=multimnist", "data.augment=none", "model.args.image_size=36",
+                   "model.args.primary_kernel=13", "data.train_subset=64", "train.log_every=1",
+                   "data.multimnist_partners=1", "data.multimnist_test_digits=30", *extra]
+
+
+def numbers_overrides(root: Path, out: Path, k: int = 2, name: str = "numbers",
+                      epochs: int = 1) -> list[str]:
+    """A seconds-long run of the tiny model on k-digit numbers of the synthetic digits (with
+    MNISTNumbers.sha256 emptied)."""
+    base = [o for o in quick_overrides(root, out, epochs=epochs, name=name)
+            if not o.startswith(("data.dataset", "model.name"))]
+    return base + ["data.dataset=mnist_numbers", f"data.digits={k}", "data.augment=none",
+                   "model.name=efficient_capsnet_tiny", f"model.args.image_width={28 * k}",
+                   f"model.args.num_classes={10 ** k}", "model.args.primary_kernel=0"]
+
+
+SEMI_SUPERVISED = ["data.labeled=20", "train.unlabeled_recon_weight=1",
+                   "train.consistency_weight=1"]
+
+
+def task_overrides(task: str, root: Path, out: Path) -> list[str]:
+    """--set overrides of a seconds-long run of each registered task (training/tasks TASKS) on
+    the synthetic digits; a KeyError names a task that has none yet (add it here)."""
+    return {"classification": lambda: quick_overrides(root, out, epochs=1) + ["data.augment=paper"],
+            "semi_supervised": lambda: quick_overrides(root, out, epochs=1)
+            + ["data.augment=paper", *SEMI_SUPERVISED],
+            "multimnist": lambda: multimnist_overrides(root, out, "mm"),
+            "numbers": lambda: numbers_overrides(root, out)}[task]()
+
+
 def write_untrained_run(run_dir: Path, data_root: Path, model: str, overrides: list[str] = (),
                         seed: int = 0, **model_args) -> Path:
     """A run directory as training leaves it after epoch 1 (config.yaml, checkpoints/best.pt and

@@ -348,7 +348,7 @@ def load_mnist_train(n: int) -> torch.Tensor:
 def authors_fixture(name: str):
     """A file of tests/fixtures/authors/ (committed; made by running the authors' own code)."""
     path = FIXTURES / name
-    assert path.exists(), f"{path} is missing (tools/authors_reference/make_fixtures.py writes it)"
+    assert path.exists(), f"{path} is missing (reference/authors_reference/make_fixtures.py writes it)"
     return json.loads(path.read_text()) if path.suffix == ".json" else np.load(path)
 
 

@@ -1,6 +1,6 @@
 """effcn against the authors' own TensorFlow code, without TensorFlow.
 
-The fixtures in tests/fixtures/authors/ were written by tools/authors_reference/make_fixtures.py,
+The fixtures in tests/fixtures/authors/ were written by reference/authors_reference/make_fixtures.py,
 which runs the authors' code (EscVM/Efficient-CapsNet at 4b337f5) on seeded inputs with weights
 rounded to float16 (so the stored arrays are exact): their outputs, losses, gradients, one step
 of their compiled Adam, their initialisers' statistics and their MultiMNIST pair builders. Their

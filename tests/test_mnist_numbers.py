@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import (REPO, SHARED_MNIST, assert_one_sentence_error, effcn_in_process,
-                     quick_overrides, write_untrained_run)
+                     numbers_overrides, write_untrained_run)
 from effcn.data.numbers import (MNISTNumbers, NumberSet, compose_numbers, epoch_table,
                                 number_labels, number_names)
 from effcn.errors import ConfigError
@@ -26,15 +26,6 @@ from effcn.training.tasks import NumbersTask, task_for
 @pytest.fixture
 def numbers_data(monkeypatch):
     monkeypatch.setattr(MNISTNumbers, "sha256", {})  # the synthetic files are not MNIST's
-
-
-def numbers_overrides(root, out, k=2, name="numbers", epochs=1):
-    """A seconds-long run of the tiny model on k-digit numbers of the synthetic digits."""
-    base = [o for o in quick_overrides(root, out, epochs=epochs, name=name)
-            if not o.startswith(("data.dataset", "model.name"))]
-    return base + ["data.dataset=mnist_numbers", f"data.digits={k}", "data.augment=none",
-                   "model.name=efficient_capsnet_tiny", f"model.args.image_width={28 * k}",
-                   f"model.args.num_classes={10 ** k}", "model.args.primary_kernel=0"]
 
 
 def digits(n=12, seed=0):

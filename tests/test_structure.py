@@ -2,15 +2,14 @@
 
     cli                     (and effcn/__init__.py, the public face)
     tools                   bench, compare, runs, sweep, visualize, import_keras
-    analysis                figures and the arrays behind them
     training                config, the loop and its tasks, evaluation, run directory, ...
+    analysis                figures and the arrays behind them (functions of model and data)
     models | data           networks ; datasets (neither imports the other)
     capsules
     errors, io, _version
 
-A module may import from its own layer or any layer below. The exceptions, only inside a function
-(a lazy import): training/callbacks.py draws reconstruction grids with effcn.analysis, and the
-MultiMNIST task's eval_figures its overlap figure.
+A module may import from its own layer or any layer below, with no exception: training's figure
+callbacks import analysis like any other library.
 """
 
 from __future__ import annotations
@@ -26,11 +25,8 @@ from helpers import REPO
 
 SRC = REPO / "src" / "effcn"
 LAYERS = {"effcn._version": 0, "effcn.errors": 0, "effcn.io": 0, "effcn.capsules": 1,
-          "effcn.models": 2, "effcn.data": 2, "effcn.training": 3, "effcn.analysis": 4,
+          "effcn.models": 2, "effcn.data": 2, "effcn.analysis": 3, "effcn.training": 4,
           "effcn.tools": 5, "effcn.cli": 6, "effcn.__main__": 6, "effcn": 6}
-LAZY_EXCEPTIONS = {("effcn.training.callbacks", "effcn.analysis"),
-                   # MultiMNISTTask.eval_figures draws the overlap figure
-                   ("effcn.training.tasks.multimnist", "effcn.analysis")}
 
 
 def module_name(path: Path) -> str:
@@ -84,13 +80,13 @@ def all_imports():
 
 def test_imports_point_down_the_layers():
     wrong = []
-    for module, path, target, line, lazy in all_imports():
+    for module, path, target, line, _ in all_imports():
         a, b = part_of(module), part_of(target)
         if LAYERS[b] < LAYERS[a] or a == b or (LAYERS[b] == LAYERS[a] and LAYERS[a] != 2):
             continue
         if {a, b} == {"effcn.models", "effcn.data"}:  # side by side, never into each other
             wrong.append(f"{path.relative_to(REPO)}:{line} ({a} imports {b}, its neighbour)")
-        elif not (lazy and (module, b) in LAZY_EXCEPTIONS):
+        else:
             wrong.append(f"{path.relative_to(REPO)}:{line} ({a} imports {target}, a layer above)")
     assert not wrong, "imports that point up:\n" + "\n".join(wrong)
 
@@ -128,6 +124,8 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
     (target, _, lazy), = imports_of(fake / "bad.py")
     assert target == "effcn.training.trainer" and lazy
     assert LAYERS[part_of(target)] > LAYERS[part_of("effcn.data.bad")]
+    # analysis sits below training: a figure module that imported the trainer would be reported
+    assert LAYERS[part_of("effcn.training.trainer")] > LAYERS[part_of("effcn.analysis.curves")]
 
 
 def test_import_effcn_is_light():
@@ -144,3 +142,52 @@ def test_import_effcn_is_light():
         assert getattr(effcn, name) is not None
     with pytest.raises(AttributeError):
         effcn.no_such_thing  # noqa: B018
+
+
+# ------------------------------------------------------------- the architecture page's maps
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+NOT_IN_THE_REPOSITORY = {"runs", "data", "build", "dist", "site"}  # made by running, ignored
+
+
+def code_block_after(heading: str) -> list[str]:
+    """The lines of the first fenced code block after ``heading`` on the architecture page."""
+    lines = ARCHITECTURE.read_text().splitlines()
+    start = lines.index(heading)
+    opening = next(i for i in range(start, len(lines)) if lines[i].startswith("```"))
+    closing = next(i for i in range(opening + 1, len(lines)) if lines[i].startswith("```"))
+    return lines[opening + 1:closing]
+
+
+def mapped_modules() -> set[str]:
+    """Paths (relative to src/effcn) of the entries of the module map: a line whose indentation
+    is two spaces per folder level and whose first word ends in .py or / is an entry; deeper
+    indented lines continue a description."""
+    block = code_block_after("## The module map")
+    assert block[0] == "src/effcn/"
+    folders, found = [], set()
+    for line in block[1:]:
+        depth, rest = divmod(len(line) - len(line.lstrip(" ")), 2)
+        word = line.split()[0] if line.strip() else ""
+        if rest or depth < 1 or depth > len(folders) + 1 or not word.endswith((".py", "/")):
+            continue  # a description's continuation
+        del folders[depth - 1:]
+        if word.endswith("/"):
+            folders.append(word.rstrip("/"))
+        else:
+            found.add("/".join(folders + [word]))
+    return found
+
+
+def test_the_module_map_lists_every_module():
+    modules = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
+    mapped = mapped_modules()
+    assert not modules - mapped, f"missing from docs/architecture.md: {sorted(modules - mapped)}"
+    assert not mapped - modules, f"on the map but not in src/effcn: {sorted(mapped - modules)}"
+
+
+def test_the_folder_section_lists_every_root_folder():
+    listed = {line.split("/")[0] for line in code_block_after("## The folders of the repository")
+              if line[:1].strip()}
+    folders = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and p.name not in NOT_IN_THE_REPOSITORY and not p.name.endswith(".egg-info")}
+    assert listed == folders

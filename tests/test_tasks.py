@@ -13,24 +13,16 @@ import pytest
 import torch
 
 from effcn.data.multimnist import MultiMNIST
+from effcn.data.numbers import MNISTNumbers
 from effcn.models.cnn import BaselineCNN
 from effcn.tools.bench import BenchSettings, EffcnContender, run_bench
 from effcn.training.config import load_config
 from effcn.training.metrics import read_metrics
-from effcn.training.tasks import (ClassificationTask, MultiMNISTTask, SemiSupervisedTask,
+from effcn.training.tasks import (TASKS, ClassificationTask, MultiMNISTTask, SemiSupervisedTask,
                                   task_for)
 from effcn.training.trainer import Trainer
 
-from helpers import REPO, quick_overrides
-
-
-def multimnist_overrides(root, out, name, extra=()):
-    """A seconds-long MultiMNIST run of the tiny model (36x36) on the synthetic digits."""
-    base = [o for o in quick_overrides(root, out, epochs=1, name=name)
-            if not o.startswith("data.dataset")]
-    return base + ["data.dataset=multimnist", "data.augment=none", "model.args.image_size=36",
-                   "model.args.primary_kernel=13", "data.train_subset=64", "train.log_every=1",
-                   "data.multimnist_partners=1", "data.multimnist_test_digits=30", *extra]
+from helpers import REPO, multimnist_overrides, quick_overrides, task_overrides
 
 
 def test_task_for_picks_the_task_of_the_dataset(synthetic_root, tmp_path):
@@ -69,6 +61,7 @@ import torch
 from effcn.training.config import load_config
 from effcn.training.trainer import Trainer
 from effcn.data.multimnist import MultiMNIST
+from effcn.data.numbers import MNISTNumbers
 MultiMNIST.sha256 = {}
 trainer = Trainer(load_config(None, sys.argv[2:]), quiet=True)
 seen, compose = [], trainer.task.train_batch
@@ -131,11 +124,12 @@ def test_bench_uses_the_configured_optimizer(tmp_path):
     assert any(not torch.equal(a, p) for a, p in zip(before, c.model.parameters()))
 
 
-@pytest.mark.parametrize("task", ["multimnist", "classification", "semi_supervised"])
+@pytest.mark.parametrize("task", sorted(TASKS))
 def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_path, monkeypatch):
     """Composing a batch and the step itself read no value back to the host (no .item(), no
     bool() of a tensor): the loop syncs only when it flushes its log (train.log_every)."""
-    monkeypatch.setattr(MultiMNIST, "sha256", {})
+    monkeypatch.setattr(MultiMNIST, "sha256", {})  # the synthetic digits are not MNIST's
+    monkeypatch.setattr(MNISTNumbers, "sha256", {})
     inside, reads = [False], []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
         def read(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
@@ -149,20 +143,19 @@ def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_pa
 
     def watched(real):
         def call(*args, **kwargs):
-            inside[0] = True
+            outer, inside[0] = inside[0], True
             try:
                 return real(*args, **kwargs)
             finally:
-                inside[0] = False
+                inside[0] = outer
         return call
 
     from effcn.training.trainer import TrainStep
     monkeypatch.setattr(TrainStep, "__call__", watched(TrainStep.__call__))
-    for cls in (ClassificationTask, MultiMNISTTask, SemiSupervisedTask):
+    for cls in set(TASKS.values()):
         monkeypatch.setattr(cls, "train_batch", watched(cls.train_batch))
-    semi = ["data.labeled=20", "train.unlabeled_recon_weight=1", "train.consistency_weight=1"]
-    overrides = (multimnist_overrides(synthetic_root, tmp_path, "mm") if task == "multimnist"
-                 else quick_overrides(synthetic_root, tmp_path, epochs=1) + ["data.augment=paper"]
-                 + (semi if task == "semi_supervised" else []))
-    Trainer(load_config(None, overrides + ["train.log_every=100"]), quiet=True).fit()
+    overrides = task_overrides(task, synthetic_root, tmp_path)
+    config = load_config(None, overrides + ["train.log_every=100"])
+    assert type(task_for(config)) is TASKS[task]
+    Trainer(config, quiet=True).fit()
     assert inside == [False] and reads == []

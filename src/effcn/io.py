@@ -63,3 +63,18 @@ def read_json(path: str | Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every complete record of a JSON-lines file, in order; [] for a missing file. A line that
+    does not parse (cut short by a kill or a full disk) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

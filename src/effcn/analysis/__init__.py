@@ -8,7 +8,11 @@ function turns those into a matplotlib figure (Agg backend, imported inside the 
     perturbation      tweak each dimension of the winning capsule and decode (the authors' figure)
     filters           first-layer convolution filters and feature maps
     curves            training curves from metrics.jsonl
+    multimnist        the two-digit reading of a model and the figure of overlapping pairs
     imageio           PNG/GIF writing (Pillow) and figure saving, all atomic
+
+Analysis sits below training (it reads only models, data, capsules and io), so the training
+callbacks draw their figures with it.
 
 ``effcn visualize RUN`` (effcn.tools.visualize) writes all of them into ``RUN/figures``.
 """

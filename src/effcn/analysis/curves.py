@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EffcnError
+from ..io import read_jsonl
 
 
 def load_curves(metrics_path: str | Path) -> dict:
     """Batch and epoch series from metrics.jsonl; batch x positions are fractional epochs."""
-    from ..training.metrics import read_metrics
-    records = read_metrics(metrics_path)
+    records = read_jsonl(metrics_path)
     batches = [r for r in records if r.get("kind") == "batch"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not epochs and not batches:

@@ -9,6 +9,7 @@ Items are ``(image uint8 tensor (C, H, W), int label)``.
 
 The dataset modules are imported on first use of ``DATASETS`` or a class name (PEP 562), so
 ``effcn.data.transforms`` and ``effcn.data.geometry`` load without any dataset module.
+``register_dataset`` adds one.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def __getattr__(name: str):
 
 def _datasets() -> Dict[str, type]:
     return globals()["DATASETS"] if "DATASETS" in globals() else __getattr__("DATASETS")
+
+
+def register_dataset(name: str, cls: type) -> type:
+    """Register ``cls`` (following the convention above) as ``data.dataset=name``; returns cls."""
+    datasets = _datasets()
+    if name in datasets:
+        raise ValueError(f"dataset {name!r} is already registered")
+    datasets[name] = cls
+    return cls
 
 
 def list_datasets() -> List[str]:
@@ -85,4 +95,4 @@ def describe_datasets(root: Optional[str] = None) -> List[Dict[str, object]]:
     return out
 
 
-__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", *_CLASSES]
+__all__ = ["DATASETS", "get_dataset", "list_datasets", "describe_datasets", "register_dataset", *_CLASSES]

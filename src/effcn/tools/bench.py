@@ -92,7 +92,7 @@ def spread(values: list[float]) -> dict:
 
 class EffcnContender:
     """effcn's training step and evaluation for one settings object; used by ``effcn bench``
-    and by benchmarks/compare.py (which alternates it with the reference)."""
+    and by benchmarks/throughput_vs_reference.py (which alternates it with the reference)."""
 
     def __init__(self, s: BenchSettings):
         from ..models import create_model

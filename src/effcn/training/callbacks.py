@@ -12,12 +12,14 @@
 Each imports its optional dependency when training starts, so a missing extra fails before the
 first epoch, not after it. A callback (the interface: hooks.py) knows the trainer only by the
 attributes it reads (run, config, model, val_x, val_y, steps_per_epoch, class_names, say). The
-figure callbacks import effcn.analysis lazily, inside their methods: the one place where
-training reaches up a layer.
+figure callbacks draw with effcn.analysis, the layer below training.
 """
 
 from __future__ import annotations
 
+from ..analysis import reconstructions as R
+from ..analysis.imageio import pil_image, save_png
+from ..analysis.probe import require_decoder
 from ..errors import ConfigError, EffcnError
 from .checkpoint import checkpoint_state, save_checkpoint
 from .hooks import BATCH_SCALARS, Callback, epoch_scalars, global_step
@@ -43,10 +45,7 @@ class ReconstructionGrids(Callback):
         self._cache: tuple[int, object] | None = None
 
     def on_fit_start(self, trainer) -> None:
-        from ..analysis import reconstructions as R
-        from ..analysis.probe import require_decoder
         if self.every:
-            from ..analysis.imageio import pil_image
             pil_image()
         try:
             require_decoder(trainer.model)
@@ -71,21 +70,17 @@ class ReconstructionGrids(Callback):
         if self.images is None:
             return None
         if self._cache is None or self._cache[0] != epoch:
-            from ..analysis.reconstructions import reconstruction_grid
-            self._cache = (epoch, reconstruction_grid(trainer.model, self.images))
+            self._cache = (epoch, R.reconstruction_grid(trainer.model, self.images))
         return self._cache[1]
 
     def on_epoch_end(self, trainer, record: dict) -> None:
         epoch = record["epoch"]
         if _due(epoch, self.every, trainer.config.train.epochs):
-            from ..analysis.imageio import save_png
-            from ..analysis.reconstructions import epoch_grid_path
-            save_png(self.grid(trainer, epoch), epoch_grid_path(self.dir, epoch))
+            save_png(self.grid(trainer, epoch), R.epoch_grid_path(self.dir, epoch))
 
     def on_fit_end(self, trainer, summary: dict) -> None:
         if self.every and self.images is not None:
-            from ..analysis.reconstructions import assemble_gif
-            path = assemble_gif(self.dir, self.dir / "reconstructions.gif")
+            path = R.assemble_gif(self.dir, self.dir / "reconstructions.gif")
             trainer.say(f"reconstructions: {path}")
 
 

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from ..io import atomic_write_text, writing_error
+from ..io import atomic_write_text, read_jsonl, writing_error
 
 
 def _clean(value):
@@ -51,18 +51,7 @@ class MetricsLog:
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
     """All complete records of ``path`` (optionally only one kind)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if kind is None or record.get("kind") == kind:
-            records.append(record)
-    return records
+    return [r for r in read_jsonl(path) if kind is None or r.get("kind") == kind]
 
 
 def truncate_metrics(path: str | Path, last_epoch: int, steps_into_next: int = 0) -> None:

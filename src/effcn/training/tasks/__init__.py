@@ -10,7 +10,8 @@ what counts as a hit for the metric, and how its evaluation sets are built. The 
     multimnist       two overlapping digits: two labels, two reconstructions, two-digit accuracy
     numbers          k digits side by side, one label: the k-digit number (MNIST numbers)
 
-A new task subclasses :class:`Task`, is added to ``TASKS`` and is picked by ``task_for(config)``.
+A new task subclasses :class:`Task` and is registered with ``register_task``; ``task_for(config)``
+picks it for the datasets it was registered for.
 """
 
 from .base import Batch, EvalSet, Task, uses_semi_supervision
@@ -22,6 +23,16 @@ from .semi_supervised import SemiSupervisedTask
 TASKS = {"classification": ClassificationTask, "semi_supervised": SemiSupervisedTask,
          "multimnist": MultiMNISTTask, "numbers": NumbersTask}
 DATASET_TASKS = {"multimnist": "multimnist", "mnist_numbers": "numbers"}
+
+
+def register_task(name: str, cls: type, datasets: tuple[str, ...] = ()) -> type:
+    """Register the Task subclass ``cls`` as ``name``, picked for runs whose data.dataset is one of
+    ``datasets``; returns cls."""
+    if name in TASKS:
+        raise ValueError(f"task {name!r} is already registered")
+    TASKS[name] = cls
+    DATASET_TASKS.update({dataset: name for dataset in datasets})
+    return cls
 
 
 def task_class(config) -> type:
@@ -41,4 +52,4 @@ def task_for(config) -> Task:
 
 
 __all__ = ["Batch", "EvalSet", "Task", "ClassificationTask", "SemiSupervisedTask",
-           "MultiMNISTTask", "NumbersTask", "TASKS", "task_class", "task_for"]
+           "MultiMNISTTask", "NumbersTask", "TASKS", "register_task", "task_class", "task_for"]

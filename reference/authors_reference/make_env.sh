@@ -3,7 +3,7 @@
 # TensorFlow code (EscVM/Efficient-CapsNet @ 4b337f5) is run to produce the reference
 # fixtures in tests/fixtures/authors/.  Nothing here touches the project's own .venv.
 #
-# usage: tools/authors_reference/make_env.sh [VENV_DIR]
+# usage: reference/authors_reference/make_env.sh [VENV_DIR]
 #   VENV_DIR defaults to $EFFCN_AUTHORS_VENV or ~/.cache/effcn-authors-ref/venv
 #   PYTHON (env) selects the interpreter (must be 3.9-3.11 for TensorFlow 2.15).
 set -euo pipefail

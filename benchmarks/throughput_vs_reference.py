@@ -1,6 +1,6 @@
 """effcn against the plain reference (reference.py), in one run, alternating the contenders.
 
-    PYTHONPATH=src python benchmarks/compare.py --batch-size 16 --rounds 7 --threads 1
+    PYTHONPATH=src python benchmarks/throughput_vs_reference.py --batch-size 16 --rounds 7 --threads 1
 
 The contenders take turns batch by batch (A B C A B C ..., the order rotated every round), so a
 load change on a shared machine hits all of them alike. A round is ``--steps`` training batches
