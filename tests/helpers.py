@@ -225,7 +225,7 @@ def write_untrained_run(run_dir: Path, data_root: Path, model: str, overrides: l
 
     from effcn.models import create_model
     from effcn.training.checkpoint import checkpoint_state, save_checkpoint
-    from effcn.training.config import load_config, save_yaml
+    from effcn.training.config_io import load_config, save_yaml
     config = load_config(None, quick_overrides(data_root, run_dir.parent, epochs=1,
                                                name=run_dir.name) + list(overrides))
     config.model.name, config.model.args = model, dict(model_args)

@@ -20,7 +20,7 @@ import torch
 from effcn.capsules import reconstruction_loss
 from effcn.models import create_model
 from effcn.models.keras_import import PRESETS, import_keras_weights, load_keras_arrays
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.optim import build_optimizer
 from effcn.training.tasks.classification import classification_loss_parts
 from effcn.training.tasks.multimnist import two_label_loss

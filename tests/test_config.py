@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from effcn.errors import ConfigError
-from effcn.training.config import Config, config_from_dict, load_config
+from effcn.training.config import Config
+from effcn.training.config_io import config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_a_sweep_with_a_bad_dataset_fails_before_any_run(tmp_path, capsys):
 
 
 def test_overrides_apply_in_one_place_for_train_resume_and_eval():
-    from effcn.training.config import apply_overrides
+    from effcn.training.config_io import apply_overrides
     config = apply_overrides(Config(), ["train.epochs=3", "model.args.routing=uniform"])
     assert config.train.epochs == 3 and config.model.args == {"routing": "uniform"}
     with pytest.raises(ConfigError, match="not of the form section.key=value"):

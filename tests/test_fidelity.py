@@ -11,7 +11,8 @@ import torch
 
 from effcn.data.multimnist import AnyOtherImage, MultiMNISTPairs
 from effcn.models import create_model
-from effcn.training.config import Config, load_config
+from effcn.training.config import Config
+from effcn.training.config_io import load_config
 from effcn.training.optim import build_optimizer
 from effcn.training.splits import Split
 from effcn.training.tasks import ClassificationTask, MultiMNISTTask

@@ -19,7 +19,7 @@ from effcn.data.numbers import (MNISTNumbers, NumberSet, compose_numbers, epoch_
 from effcn.errors import ConfigError
 from effcn.models import create_model, default_config, input_shape
 from effcn.models.efficient_capsnet import count_parameters
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.splits import load_test, load_train_val, train_val_split
 from effcn.training.tasks import NumbersTask, task_for
 
@@ -127,7 +127,7 @@ def test_validation_digits_are_never_trained_on(synthetic_root, tmp_path, number
 _TEST_SET_HASH = """
 import hashlib, sys
 from effcn.data.numbers import MNISTNumbers
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.splits import load_test
 from effcn.training.tasks import task_for
 MNISTNumbers.sha256 = {}

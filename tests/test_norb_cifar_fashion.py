@@ -19,7 +19,7 @@ from effcn.data.cifar10 import load_batch
 from effcn.data.preprocess import CIFARAugment, SmallNORBPreprocess, crop_batch, standardize
 from effcn.data.smallnorb import norb_bytes, parse_norb
 from effcn.errors import ConfigError, DataError
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.config import Config
 from effcn.training.evaluate import evaluate
 from effcn.training.tasks.classification import ClassificationTask, ImageSet

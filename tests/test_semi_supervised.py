@@ -12,7 +12,7 @@ from effcn.errors import ConfigError, Interrupted
 from effcn.models import create_model
 from effcn.training.callbacks import Callback
 from effcn.training.checkpoint import load_checkpoint
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.optim import build_optimizer
 from effcn.training.splits import labeled_subset, load_train_val

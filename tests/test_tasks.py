@@ -15,7 +15,7 @@ import torch
 from effcn.data.multimnist import MultiMNIST
 from effcn.models.cnn import BaselineCNN
 from effcn.tools.bench import BenchSettings, EffcnContender, run_bench
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.tasks import (ClassificationTask, MultiMNISTTask, SemiSupervisedTask,
                                   task_for)
@@ -66,7 +66,7 @@ def test_multimnist_runs_in_the_precision_it_records(synthetic_root, tmp_path, m
 _RANK_SCRIPT = """
 import json, os, sys
 import torch
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.trainer import Trainer
 from effcn.data.multimnist import MultiMNIST
 MultiMNIST.sha256 = {}

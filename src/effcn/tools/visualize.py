@@ -94,7 +94,7 @@ def visualize_run(run: str | Path, kinds=KINDS, epoch: int | None = None, n_imag
     """Write the figures of ``kinds`` for a run; returns their paths. Capsule figures of a
     model without capsules are skipped with a message (``say``)."""
     from ..training.checkpoint import model_from_checkpoint
-    from ..training.config import config_from_dict
+    from ..training.config_io import config_from_dict
     from ..training.environment import resolve_device
     from ..analysis.imageio import pyplot, save_figure, save_png
     if set(kinds) - {"recon", "gif"}:

@@ -22,7 +22,7 @@ from ..errors import EffcnError
 from ..io import write_json
 from . import fastpath
 from .checkpoint import model_from_checkpoint
-from .config import apply_overrides, config_from_dict
+from .config_io import apply_overrides, config_from_dict
 from .environment import resolve_device
 from .rundir import RunDir, resolve_checkpoint
 from .splits import TEST_SELECTED, load_eval_split
