@@ -28,19 +28,32 @@ def multimnist_overrides(root, out, name, extra=()):
     """A seconds-long MultiMNIST run of the tiny model (36x36) on the synthetic digits."""
     base = [o for o in quick_overrides(root, out, epochs=1, name=name)
             if not o.startswith("data.dataset")]
-    return base + ["data.dataset=multimnist", "data.augment=none", "model.args.image_size=36",
-                   "model.args.primary_kernel=13", "data.train_subset=64", "train.log_every=1",
-                   "data.multimnist_partners=1", "data.multimnist_test_digits=30", *extra]
+    return base + ["data.dataset=multimnist", "task.name=multimnist", "data.augment=none",
+                   "model.args.image_size=36", "model.args.primary_kernel=13",
+                   "data.train_subset=64", "train.log_every=1", "task.args.partners=1",
+                   "task.args.test_digits=30", *extra]
 
 
-def test_task_for_picks_the_task_of_the_dataset(synthetic_root, tmp_path):
+def test_task_for_builds_the_named_task_with_its_args(synthetic_root, tmp_path):
     assert isinstance(task_for(load_config(None, quick_overrides(synthetic_root, tmp_path))),
                       ClassificationTask)
-    config = load_config(None, multimnist_overrides(synthetic_root, tmp_path, "mm"))
-    assert isinstance(task_for(config), MultiMNISTTask)
-    for semi in ("data.labeled=20", "train.consistency_weight=1"):
-        config = load_config(None, quick_overrides(synthetic_root, tmp_path) + [semi])
-        assert isinstance(task_for(config), SemiSupervisedTask)
+    task = task_for(load_config(None, multimnist_overrides(synthetic_root, tmp_path, "mm")))
+    assert isinstance(task, MultiMNISTTask)
+    assert task.args == MultiMNISTTask.Args(partners=1, test_digits=30)
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path)
+                         + ["task.name=semi_supervised", "task.args.labeled=20"])
+    assert isinstance(task_for(config), SemiSupervisedTask)
+    assert task_for(config).args.labeled == 20 and task_for(config).args.labeled_seed == 0
+
+
+def test_every_registered_task_declares_its_args_and_names_itself():
+    import dataclasses
+
+    from effcn.training.tasks import TASKS
+    assert set(TASKS) == {"classification", "semi_supervised", "multimnist", "numbers"}
+    for name, task in TASKS.items():
+        assert task.name == name and dataclasses.is_dataclass(task.Args)
+        task.Args()  # the defaults are valid
 
 
 def test_multimnist_runs_in_the_precision_it_records(synthetic_root, tmp_path, monkeypatch):
@@ -160,7 +173,8 @@ def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_pa
     monkeypatch.setattr(TrainStep, "__call__", watched(TrainStep.__call__))
     for cls in (ClassificationTask, MultiMNISTTask, SemiSupervisedTask):
         monkeypatch.setattr(cls, "train_batch", watched(cls.train_batch))
-    semi = ["data.labeled=20", "train.unlabeled_recon_weight=1", "train.consistency_weight=1"]
+    semi = ["task.name=semi_supervised", "task.args.labeled=20",
+            "task.args.unlabeled_recon_weight=1", "task.args.consistency_weight=1"]
     overrides = (multimnist_overrides(synthetic_root, tmp_path, "mm") if task == "multimnist"
                  else quick_overrides(synthetic_root, tmp_path, epochs=1) + ["data.augment=paper"]
                  + (semi if task == "semi_supervised" else []))
