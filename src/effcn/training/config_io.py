@@ -151,8 +151,8 @@ def translate_legacy(config: Config, legacy: list, source: str, names_task: bool
     semi-supervised task when one of its switches was non-zero, else classification. So, when the
     source names no task and the task is classification, it is picked the same way; then the old
     fields of the task move to task.args, those of other tasks at their defaults are dropped, and
-    other tasks' set fields are ignored as they were (the semi-supervised ones refused as they
-    were)."""
+    other tasks' set fields are ignored as they were (a semi-supervised switch refused as it
+    was)."""
     from .tasks import TASKS, task_of_dataset
     picked = None
     if not names_task and config.task.name == "classification":
@@ -166,14 +166,14 @@ def translate_legacy(config: Config, legacy: list, source: str, names_task: bool
         config.task.name = picked
     name, moved, ignored = config.task.name, [], []
     for key, value in legacy:
-        owner, arg, _ = LEGACY_TASK_FIELDS[key]
+        owner, arg, switch = LEGACY_TASK_FIELDS[key]
         value = _legacy_value(key, value, source)
         if owner == name:
             config.task.args[arg] = value
             moved.append(f"{key} -> task.args.{arg}")
         elif value == getattr(TASKS[owner].Args(), arg):
             continue  # an earlier version's resolved config holds every field at its default
-        elif owner == "semi_supervised":
+        elif switch:
             raise ConfigError(f"{source}: {key}={value!r} is a setting of the semi_supervised "
                               f"task (task.args.{arg}), not of {name}; drop it.")
         else:
