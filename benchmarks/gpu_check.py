@@ -25,7 +25,7 @@ import torch
 
 from effcn.io import write_json
 from effcn.tools.bench import BenchSettings, run_bench
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.trainer import Trainer
 

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 from effcn.training.rundir import RunDir
+from effcn.training.tasks import task_args
 
 LABELS = (100, 600, 1000, 6000)
 SEMI_ARMS = {  # (sweep, unlabeled_recon_weight, consistency_weight) -> column
@@ -65,10 +66,10 @@ def few_labels(sweeps: Path) -> dict:
     out = {arm: {n: [] for n in LABELS} for arm in SEMI_ARMS.values()}
     for (sweep, recon, cons), arm in SEMI_ARMS.items():
         for r in read_sweep(sweeps, sweep):
-            t = r["config"].train
-            if recon is not None and (t.unlabeled_recon_weight, t.consistency_weight) != (recon, cons):
+            a = task_args(r["config"])
+            if recon is not None and (a.unlabeled_recon_weight, a.consistency_weight) != (recon, cons):
                 continue
-            out[arm][r["config"].data.labeled].append(r["summary"])
+            out[arm][a.labeled].append(r["summary"])
     return out
 
 
@@ -81,7 +82,7 @@ def many_classes(sweeps: Path) -> dict:
             key = (args["caps_rank"], args["decoder"], args["decoder_conditioning"])
             out[CLASS_VARIANTS[key]][10 ** k].append(r["summary"])
     for r in read_sweep(sweeps, "numbers_cnn"):
-        out["CNN"][10 ** r["config"].data.digits].append(r["summary"])
+        out["CNN"][10 ** task_args(r["config"]).digits].append(r["summary"])
     return out
 
 
@@ -164,12 +165,12 @@ def mean_image_mse(k: int) -> float:
     """MSE of predicting every test number of k digits as the mean test number: the error a
     decoder that learned only the average image has (the data from $EFFCN_DATA)."""
     import torch
-    from effcn.training.config import load_config
+    from effcn.training.config_io import load_config
     from effcn.training.splits import load_test
     from effcn.training.tasks import task_for
     model = {1: "efficient_capsnet_mnist"}.get(k, f"efficient_capsnet_numbers{k}")
-    config = load_config(None, ["data.dataset=mnist_numbers", f"data.digits={k}",
-                                f"model.name={model}"])
+    config = load_config(None, ["data.dataset=mnist_numbers", "task.name=numbers",
+                                f"task.args.digits={k}", f"model.name={model}"])
     test = task_for(config).eval_set(load_test(config, torch.device("cpu")), "test")
     x = test.batch(0, len(test)).x
     return ((x - x.mean(dim=0, keepdim=True)) ** 2).mean().item()

@@ -30,7 +30,7 @@ def tiny_run(synthetic_root, tmp_path_factory) -> FinishedRun:
     (shutil.copytree(tiny_run.path, tmp_path / "run")). At the end of the session every file is
     checked against its state right after training.
     """
-    from effcn.training.config import load_config
+    from effcn.training.config_io import load_config
     from effcn.training.trainer import Trainer
 
     runs = tmp_path_factory.mktemp("tiny_run")

@@ -221,9 +221,10 @@ def multimnist_overrides(root: Path, out: Path, name: str, extra=()) -> list[str
     MultiMNIST.sha256 emptied: the synthetic files are not MNIST's)."""
     base = [o for o in quick_overrides(root, out, epochs=1, name=name)
             if not o.startswith("data.dataset")]
-    return base + ["data.dataset=multimnist", "data.augment=none", "model.args.image_size=36",
-                   "model.args.primary_kernel=13", "data.train_subset=64", "train.log_every=1",
-                   "data.multimnist_partners=1", "data.multimnist_test_digits=30", *extra]
+    return base + ["data.dataset=multimnist", "task.name=multimnist", "data.augment=none",
+                   "model.args.image_size=36", "model.args.primary_kernel=13",
+                   "data.train_subset=64", "train.log_every=1", "task.args.partners=1",
+                   "task.args.test_digits=30", *extra]
 
 
 def numbers_overrides(root: Path, out: Path, k: int = 2, name: str = "numbers",
@@ -232,13 +233,14 @@ def numbers_overrides(root: Path, out: Path, k: int = 2, name: str = "numbers",
     MNISTNumbers.sha256 emptied)."""
     base = [o for o in quick_overrides(root, out, epochs=epochs, name=name)
             if not o.startswith(("data.dataset", "model.name"))]
-    return base + ["data.dataset=mnist_numbers", f"data.digits={k}", "data.augment=none",
+    return base + ["data.dataset=mnist_numbers", "task.name=numbers", f"task.args.digits={k}",
+                   "data.augment=none",
                    "model.name=efficient_capsnet_tiny", f"model.args.image_width={28 * k}",
                    f"model.args.num_classes={10 ** k}", "model.args.primary_kernel=0"]
 
 
-SEMI_SUPERVISED = ["data.labeled=20", "train.unlabeled_recon_weight=1",
-                   "train.consistency_weight=1"]
+SEMI_SUPERVISED = ["task.name=semi_supervised", "task.args.labeled=20",
+                   "task.args.unlabeled_recon_weight=1", "task.args.consistency_weight=1"]
 
 
 def task_overrides(task: str, root: Path, out: Path) -> list[str]:
@@ -260,7 +262,7 @@ def write_untrained_run(run_dir: Path, data_root: Path, model: str, overrides: l
 
     from effcn.models import create_model
     from effcn.training.checkpoint import checkpoint_state, save_checkpoint
-    from effcn.training.config import load_config, save_yaml
+    from effcn.training.config_io import load_config, save_yaml
     config = load_config(None, quick_overrides(data_root, run_dir.parent, epochs=1,
                                                name=run_dir.name) + list(overrides))
     config.model.name, config.model.args = model, dict(model_args)

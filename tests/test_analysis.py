@@ -18,7 +18,7 @@ from effcn.cli import main
 from effcn.errors import ConfigError, EffcnError
 from effcn.models import create_model
 from effcn.training.checkpoint import model_from_checkpoint
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.splits import as_nchw, load_dataset, train_val_split
 from effcn.training.trainer import Trainer
 

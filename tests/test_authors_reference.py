@@ -20,7 +20,7 @@ import torch
 from effcn.capsules import reconstruction_loss
 from effcn.models import create_model
 from effcn.models.keras_import import PRESETS, import_keras_weights, load_keras_arrays
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.optim import build_optimizer
 from effcn.training.tasks.classification import classification_loss_parts
 from effcn.training.tasks.multimnist import two_label_loss
@@ -248,7 +248,7 @@ def test_multimnist_pairs_follow_the_authors_builders():
     config = load_config(REPO / "configs" / "multimnist.yaml")
     steps = setup["MULTIMNIST"].get("steps_per_epoch") or \
         setup["MULTIMNIST"]["fit_kwargs"].get("steps_per_epoch")
-    assert config.data.multimnist_epoch_pairs == steps * config.train.batch_size
+    assert config.task.args["epoch_pairs"] == steps * config.train.batch_size
     # effcn's training partners: the same share of same-label pairs on real-like labels
     from effcn.data.multimnist import AnyOtherImage
     g = torch.Generator().manual_seed(0)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from effcn.training.checkpoint import load_checkpoint
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.errors import ConfigError
 from effcn.models import create_model
 from effcn.training.distributed import DistInfo, shard, steps_per_epoch, wrap

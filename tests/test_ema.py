@@ -9,7 +9,7 @@ import torch
 from effcn.errors import ConfigError
 from effcn.models import create_model
 from effcn.training.checkpoint import load_checkpoint, model_from_checkpoint
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.ema import EMA
 from effcn.training.evaluate import evaluate_run
 from effcn.training.rundir import RunDir

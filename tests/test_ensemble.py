@@ -9,7 +9,7 @@ import torch
 
 from effcn.cli import main
 from effcn.errors import EffcnError
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.evaluate import evaluate_ensemble, evaluate_run, prepare_run_evaluation, evaluate
 from effcn.training.trainer import Trainer
 

@@ -10,7 +10,7 @@ import torch
 from effcn.cli import main
 from effcn.errors import EffcnError
 from effcn.models import create_model
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.evaluate import evaluate, evaluate_run
 from effcn.training.rundir import RunDir
 from effcn.training.tasks import ClassificationTask

@@ -15,7 +15,7 @@ from effcn.errors import ConfigError
 from effcn.models import create_model
 from effcn.training import fastpath
 from effcn.training.checkpoint import model_from_checkpoint
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.tasks.classification import classification_loss_parts
 from effcn.training.trainer import Trainer
 

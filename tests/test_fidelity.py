@@ -11,7 +11,7 @@ import torch
 
 from effcn.data.multimnist import AnyOtherImage, MultiMNISTPairs
 from effcn.models import create_model
-from effcn.training.config import Config, load_config
+from effcn.training.config_io import load_config
 from effcn.training.optim import build_optimizer
 from effcn.training.splits import Split
 from effcn.training.tasks import ClassificationTask, MultiMNISTTask
@@ -120,8 +120,8 @@ def test_a_shared_label_has_target_two_as_in_the_authors_loss():
 
 
 def test_multimnist_epoch_can_be_the_authors_600000_pairs():
-    config = load_config(None, ["data.dataset=multimnist", "data.augment=none",
-                                "data.multimnist_epoch_pairs=250"])
+    config = load_config(None, ["data.dataset=multimnist", "task.name=multimnist",
+                                "data.augment=none", "task.args.epoch_pairs=250"])
     task = MultiMNISTTask(config)
     digits = torch.zeros(100, 1, 28, 28, dtype=torch.uint8)
     split = Split(digits, torch.arange(100) % 10, [])
@@ -130,7 +130,7 @@ def test_multimnist_epoch_can_be_the_authors_600000_pairs():
     assert task.epoch_size == len(order) == 250
     for start in (0, 100):                                              # each pass a permutation
         assert sorted(order[start:start + 100].tolist()) == list(range(100))
-    assert load_config("configs/multimnist.yaml").data.multimnist_epoch_pairs == 600_000
+    assert load_config("configs/multimnist.yaml").task.args["epoch_pairs"] == 600_000
 
 
 def test_multimnist_test_pairs_as_the_authors_build_them():
@@ -147,4 +147,4 @@ def test_multimnist_test_pairs_as_the_authors_build_them():
         assert torch.all(labels[row] != labels[base])                     # of other classes
     old = MultiMNISTPairs(digits, labels, partners=50, seed=3, n_digits=40, style="resampled")
     assert not torch.all(old.shifts.view(40, 50, 4)[:, :, :2] == old.shifts.view(40, 50, 4)[:, :1, :2])
-    assert Config().data.multimnist_test_style == "authors"
+    assert MultiMNISTTask.Args().test_style == "authors"

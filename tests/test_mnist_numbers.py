@@ -19,7 +19,7 @@ from effcn.data.numbers import (MNISTNumbers, NumberSet, compose_numbers, epoch_
 from effcn.errors import ConfigError
 from effcn.models import create_model, default_config, input_shape
 from effcn.models import count_parameters
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.splits import load_test, load_train_val, train_val_split
 from effcn.training.tasks import NumbersTask, task_for
 
@@ -72,7 +72,7 @@ def test_training_batches_compose_fresh_numbers_reproducibly(synthetic_root, tmp
     assert torch.equal(order, again)                        # the epoch's generator fixes it
     assert not torch.equal(order, task.epoch_order(torch.Generator().manual_seed(4)))
     # a longer epoch: several passes, each digit once per pass
-    config.data.numbers_epoch_images = 250
+    config.task.args["epoch_images"] = 250
     long = NumbersTask(config)
     long.setup(train, val)
     rows = long.epoch_order(torch.Generator().manual_seed(0))
@@ -118,7 +118,7 @@ def test_validation_digits_are_never_trained_on(synthetic_root, tmp_path, number
 _TEST_SET_HASH = """
 import hashlib, sys
 from effcn.data.numbers import MNISTNumbers
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.splits import load_test
 from effcn.training.tasks import task_for
 MNISTNumbers.sha256 = {}
@@ -209,17 +209,21 @@ def test_square_presets_and_their_checkpoints_are_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.digits=4"], "data.digits must be 1, 2 or 3"),
-    (["data.dataset=mnist_numbers"], "model efficient_capsnet_mnist takes 1x28x28 images of 10 "
-                                     "classes; set model.name to efficient_capsnet_numbers2"),
-    (["data.dataset=mnist_numbers", "data.digits=3", "model.name=efficient_capsnet_numbers2"],
+    (["task.args.digits=4"], "task.args do not make a valid numbers task: digits must be one of "
+                             "1, 2, 3, got 4."),
+    ([], "model efficient_capsnet_mnist takes 1x28x28 images of 10 classes; set model.name to "
+         "efficient_capsnet_numbers2"),
+    (["task.args.digits=3", "model.name=efficient_capsnet_numbers2"],
      "has 1x28x84 images of 1000 classes but model efficient_capsnet_numbers2 takes 1x28x56"),
-    (["data.dataset=mnist_numbers", "model.name=cnn_baseline_numbers2",
-      "model.args.num_classes=10"], "takes 1x28x56 images of 10 classes"),
-    (["data.dataset=mnist_numbers", "model.name=efficient_capsnet_numbers2",
-      "data.augment=place"], "data.augment=place does not apply to mnist_numbers"),
+    (["model.name=cnn_baseline_numbers2", "model.args.num_classes=10"],
+     "takes 1x28x56 images of 10 classes"),
+    (["model.name=efficient_capsnet_numbers2", "data.augment=place"],
+     "data.augment=place does not apply to mnist_numbers"),
+    (["task.name=classification"], "data.dataset=mnist_numbers is the numbers task's dataset, not "
+                                   "classification's; set task.name=numbers."),
 ])
 def test_config_mistakes_are_one_sentence(overrides, message, capsys):
+    overrides = ["data.dataset=mnist_numbers", "task.name=numbers", *overrides]
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(None, overrides)
     code, _, err = effcn_in_process(["train", *(a for o in overrides for a in ("--set", o))],

@@ -127,8 +127,8 @@ def test_train_and_eval_end_to_end(synthetic_root, tmp_path, monkeypatch, capsys
     overrides = [o for o in quick_overrides(synthetic_root, tmp_path / "runs", epochs=1, name="mm")
                  if not o.startswith("data.dataset")]
     overrides += ["data.dataset=multimnist", "model.args.image_size=36", "data.train_subset=64",
-                  "model.args.primary_kernel=13", "data.multimnist_partners=2",
-                  "data.multimnist_test_digits=30"]
+                  "model.args.primary_kernel=13", "task.args.partners=2",
+                  "task.args.test_digits=30"]
     config = str(Path(__file__).parents[1] / "configs" / "multimnist_cpu.yaml")
     assert main(["train", "--config", config] + [a for o in overrides for a in ("--set", o)]) == 0
     run = tmp_path / "runs" / "mm"

@@ -20,7 +20,7 @@ from effcn.data.geometry import crop_batch
 from effcn.data.transforms.preprocess import CIFARAugment, SmallNORBPreprocess, standardize
 from effcn.data.smallnorb import norb_bytes, parse_norb
 from effcn.errors import ConfigError, DataError
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.config import Config
 from effcn.training.evaluate import evaluate
 from effcn.training.tasks.classification import ClassificationTask, ImageSet

@@ -13,7 +13,7 @@ import torch
 
 from effcn.data import DATASETS, MNIST
 from effcn.models import create_model, input_shape, list_models
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.splits import load_train_val
 from effcn.training.tasks import TASKS, task_for
 

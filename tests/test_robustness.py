@@ -17,7 +17,7 @@ import torch
 from effcn.data.idx import write_idx
 from effcn.errors import EffcnError, Interrupted
 from effcn.training.checkpoint import load_checkpoint
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.callbacks import Callback
 from effcn.training.rundir import RunDir
@@ -412,7 +412,7 @@ def test_kill_between_epoch_record_and_checkpoint_resumes_to_the_same_metrics(
 # before a watcher in the test notices.
 _KILL_MID_EPOCH = """
 import json, os, signal, sys
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.callbacks import Callback  # noqa: F811
 from effcn.training.trainer import Trainer  # noqa: F811
 

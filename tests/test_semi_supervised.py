@@ -12,7 +12,7 @@ from effcn.errors import ConfigError, Interrupted
 from effcn.models import create_model
 from effcn.training.callbacks import Callback
 from effcn.training.checkpoint import load_checkpoint
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.optim import build_optimizer
 from effcn.training.splits import labeled_subset, load_train_val
@@ -21,8 +21,8 @@ from effcn.training.trainer import Trainer, TrainStep, epoch_generator
 
 from helpers import quick_overrides, same_state
 
-SEMI = ["data.labeled=20", "train.labeled_batch_size=8"]
-BOTH_TERMS = SEMI + ["train.unlabeled_recon_weight=0.392", "train.consistency_weight=1"]
+SEMI = ["task.name=semi_supervised", "task.args.labeled=20", "task.args.labeled_batch_size=8"]
+BOTH_TERMS = SEMI + ["task.args.unlabeled_recon_weight=0.392", "task.args.consistency_weight=1"]
 
 
 def semi_config(root, out, extra=(), epochs=1, name="semi"):
@@ -59,16 +59,18 @@ def test_labeled_subset_is_class_balanced_fixed_by_its_seed_and_spreads_the_rema
 
 
 @pytest.mark.parametrize("n, message", [
-    (201, "data.labeled=201 is more than the 200 training images (those left after the "
+    (201, "task.args.labeled=201 is more than the 200 training images (those left after the "
           "validation split); lower it, or use 0 for all labeled."),
-    (9, "data.labeled=9 leaves some of the 10 classes without a labeled image; use at least 10."),
+    (9, "task.args.labeled=9 leaves some of the 10 classes without a labeled image; use at least "
+        "10."),
 ])
 def test_a_labeled_count_the_split_cannot_give_is_one_sentence(n, message):
     with pytest.raises(ConfigError) as e:
         labeled_subset(torch.arange(200) % 10, n, 10, seed=0)
     assert str(e.value) == message
-    with pytest.raises(ConfigError, match=r"^data.labeled=10 needs 5 labeled images of class 1 "
-                                          r"but the training split has 2; lower data.labeled\.$"):
+    with pytest.raises(ConfigError, match=r"^task.args.labeled=10 needs 5 labeled images of "
+                                          r"class 1 but the training split has 2; lower "
+                                          r"task.args.labeled\.$"):
         labeled_subset(torch.tensor([0] * 60 + [1, 1]), 10, 2, seed=0)
 
 
@@ -82,7 +84,7 @@ def test_the_labeled_images_come_from_the_training_split_never_validation(synthe
     labeled = set(flat(task.train_x[task.labeled]))
     assert len(labeled) == 20 and not labeled & set(flat(val.images))
     assert torch.bincount(task.train_y[task.labeled], minlength=10).tolist() == [2] * 10
-    other = prepared(semi_config(synthetic_root, tmp_path, SEMI + ["data.labeled_seed=1"]))[0]
+    other = prepared(semi_config(synthetic_root, tmp_path, SEMI + ["task.args.labeled_seed=1"]))[0]
     assert not torch.equal(other.labeled, task.labeled)
 
 
@@ -90,7 +92,7 @@ def test_the_labeled_images_come_from_the_training_split_never_validation(synthe
 def test_a_batch_draws_labeled_images_and_takes_the_whole_pass_unlabeled(synthetic_root,
                                                                          tmp_path):
     config = semi_config(synthetic_root, tmp_path, SEMI + [
-        "train.unlabeled_recon_weight=1", "data.augment=none"])
+        "task.args.unlabeled_recon_weight=1", "data.augment=none"])
     task, _, _ = prepared(config)
     assert task.epoch_size == task.num_train == 200          # an epoch: every training image
     idx, batch = first_batch(task, config)
@@ -121,10 +123,10 @@ def test_an_unlabeled_only_loss_reaches_the_encoder_and_the_decoder(synthetic_ro
 
 
 @pytest.mark.parametrize("extra, part", [
-    (["train.unlabeled_recon_weight=0.5"], 4),
-    (["train.unlabeled_recon_weight=0.5", "train.unlabeled_recon_mask=none"], 4),
-    (["train.consistency_weight=10"], 5),
-    (["train.consistency_weight=10", "train.consistency_on=capsules"], 5),
+    (["task.args.unlabeled_recon_weight=0.5"], 4),
+    (["task.args.unlabeled_recon_weight=0.5", "task.args.unlabeled_recon_mask=none"], 4),
+    (["task.args.consistency_weight=10"], 5),
+    (["task.args.consistency_weight=10", "task.args.consistency_on=capsules"], 5),
 ])
 def test_each_term_is_recorded_and_changes_the_loss_and_the_weights(extra, part, synthetic_root,
                                                                     tmp_path):
@@ -137,7 +139,7 @@ def test_each_term_is_recorded_and_changes_the_loss_and_the_weights(extra, part,
     row_on, row_off = step_on(batch), step_off(batch)
     assert row_off[4] == row_off[5] == 0 and row_on[part] > 0 and row_on[9 - part] == 0
     assert torch.equal(row_on[1:3], row_off[1:3])
-    weight = on.train.unlabeled_recon_weight if part == 4 else on.train.consistency_weight
+    weight = task.args.unlabeled_recon_weight if part == 4 else task.args.consistency_weight
     assert (row_on[0] - row_off[0]).item() == pytest.approx(weight * row_on[part].item(), rel=1e-4)
     assert any(not torch.equal(a, b) for a, b in zip(model_on.parameters(),
                                                       model_off.parameters()))
@@ -162,38 +164,47 @@ def test_the_cnn_trains_on_the_labeled_images_alone(synthetic_root, tmp_path):
     assert step(batch)[4:].tolist() == [0.0, 0.0]
     with pytest.raises(ConfigError, match="model cnn_baseline_tiny has no capsules, so "):
         prepared(semi_config(synthetic_root, tmp_path, SEMI + cnn + [
-            "train.consistency_weight=1"]))
+            "task.args.consistency_weight=1"]))
     with pytest.raises(ConfigError, match="needs a decoder but model efficient_capsnet_tiny "
                                           "has none; drop model.args.decoder=none"):
         prepared(semi_config(synthetic_root, tmp_path, SEMI + [
-            "model.args.decoder=none", "train.unlabeled_recon_weight=1"]))
+            "model.args.decoder=none", "task.args.unlabeled_recon_weight=1"]))
     with pytest.raises(ConfigError, match="decodes all capsules at once, but model "
                                           "efficient_capsnet_tiny's decoder reads one capsule"):
         prepared(semi_config(synthetic_root, tmp_path, SEMI + [
-            "model.args.decoder_conditioning=embedding", "train.unlabeled_recon_weight=1",
-            "train.unlabeled_recon_mask=none"]))
+            "model.args.decoder_conditioning=embedding", "task.args.unlabeled_recon_weight=1",
+            "task.args.unlabeled_recon_mask=none"]))
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["train.unlabeled_recon_weight=1"], "train.unlabeled_recon_weight needs unlabeled images "
-     "but data.labeled=0 keeps every label; set data.labeled=N or train.unlabeled_recon_weight=0."),
-    (["train.labeled_batch_size=8"], "train.labeled_batch_size applies only with data.labeled=N "
-     "(with 0 every image of a batch is labeled); set data.labeled or drop it."),
-    (["train.consistency_weight=1", "data.augment=none"], "train.consistency_weight compares two "
-     "augmentations of each image but data.augment=none makes them identical; choose an "
-     "augmentation (e.g. data.augment=paper) or set train.consistency_weight=0."),
-    (["data.labeled=-1"], "data.labeled must not be negative, got -1; fix the value."),
-    (["train.consistency_on=routing"], "train.consistency_on must be one of lengths, capsules, "
-     "got 'routing'."),
-    (["train.unlabeled_recon_mask=true"], "train.unlabeled_recon_mask must be one of predicted, "
-     "none, got 'True'."),
-    (["data.dataset=multimnist", "data.augment=none", "data.labeled=10"], "data.labeled and the "
-     "semi-supervised train.* terms apply to classification datasets, not multimnist; set them "
-     "to 0."),
+    (["task.args.unlabeled_recon_weight=1"], "task.args.unlabeled_recon_weight needs unlabeled "
+     "images but task.args.labeled=0 keeps every label; set task.args.labeled=N or "
+     "task.args.unlabeled_recon_weight=0."),
+    (["task.args.labeled_batch_size=8"], "task.args.labeled_batch_size applies only with "
+     "task.args.labeled=N (with 0 every image of a batch is labeled); set task.args.labeled or "
+     "drop it."),
+    (["task.args.consistency_weight=1", "data.augment=none"], "task.args.consistency_weight "
+     "compares two augmentations of each image but data.augment=none makes them identical; "
+     "choose an augmentation (e.g. data.augment=paper) or set task.args.consistency_weight=0."),
+    (["task.args.labeled=-1"], "task.args do not make a valid semi_supervised task: labeled must "
+     "be at least 0, got -1."),
+    (["task.args.consistency_on=routing"], "task.args do not make a valid semi_supervised task: "
+     "consistency_on must be one of lengths, capsules, got 'routing'."),
+    (["task.args.unlabeled_recon_mask=true"], "task.args do not make a valid semi_supervised "
+     "task: unlabeled_recon_mask must be one of predicted, none, got 'True'."),
+    (["task.args.labeled=ten"], "--set: task.args.labeled expects an integer, got 'ten'; fix the "
+     "value."),
+    (["task.args.labelled=10"], "unknown config key task.args.labelled; did you mean "
+     "task.args.labeled? valid keys are: consistency_on, consistency_weight, labeled, "
+     "labeled_batch_size, labeled_seed, unlabeled_recon_mask, unlabeled_recon_weight."),
+    (["data.dataset=multimnist", "data.augment=none", "task.args.labeled=10"],
+     "data.dataset=multimnist is the multimnist task's dataset, not semi_supervised's; set "
+     "task.name=multimnist."),
 ])
 def test_config_mistakes_are_one_sentence(extra, message, tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_config(None, quick_overrides(tmp_path, tmp_path) + extra)
+        load_config(None, quick_overrides(tmp_path, tmp_path) + ["task.name=semi_supervised"]
+                    + extra)
     assert str(e.value) == message
 
 
@@ -203,15 +214,14 @@ def _weights(run):
 
 
 def test_zero_weights_train_exactly_as_classification(synthetic_root, tmp_path):
-    """The task itself, not only task_for's choice: with data.labeled=0 and both weights 0 it
-    draws, composes and weighs exactly as classification does."""
-    config = semi_config(synthetic_root, tmp_path, ["train.consistency_on=capsules",
-                                                    "train.unlabeled_recon_mask=none"])
-    assert isinstance(task_for(config), ClassificationTask)
-    for name, cls in (("classification", ClassificationTask), ("semi", SemiSupervisedTask)):
-        config.run.name = name
-        trainer = Trainer(config, quiet=True)
-        trainer.task = cls(config)
+    """With task.args.labeled=0 and both weights 0 the semi-supervised task draws, composes and
+    weighs exactly as classification does."""
+    semi = ["task.name=semi_supervised", "task.args.consistency_on=capsules",
+            "task.args.unlabeled_recon_mask=none"]
+    for name, cls, extra in (("classification", ClassificationTask, []),
+                             ("semi", SemiSupervisedTask, semi)):
+        trainer = Trainer(semi_config(synthetic_root, tmp_path, extra, name=name), quiet=True)
+        assert type(trainer.task) is cls
         trainer.fit()
     a, b = (_weights(tmp_path / n) for n in ("classification", "semi"))
     assert a["model"].keys() == b["model"].keys()

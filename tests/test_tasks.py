@@ -16,7 +16,7 @@ from effcn.data.multimnist import MultiMNIST
 from effcn.data.numbers import MNISTNumbers
 from effcn.models.cnn import BaselineCNN
 from effcn.tools.bench import BenchSettings, EffcnContender, run_bench
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.tasks import (TASKS, ClassificationTask, MultiMNISTTask, SemiSupervisedTask,
                                   task_for)
@@ -25,14 +25,26 @@ from effcn.training.trainer import Trainer
 from helpers import REPO, multimnist_overrides, quick_overrides, task_overrides
 
 
-def test_task_for_picks_the_task_of_the_dataset(synthetic_root, tmp_path):
+def test_task_for_builds_the_named_task_with_its_args(synthetic_root, tmp_path):
     assert isinstance(task_for(load_config(None, quick_overrides(synthetic_root, tmp_path))),
                       ClassificationTask)
-    config = load_config(None, multimnist_overrides(synthetic_root, tmp_path, "mm"))
-    assert isinstance(task_for(config), MultiMNISTTask)
-    for semi in ("data.labeled=20", "train.consistency_weight=1"):
-        config = load_config(None, quick_overrides(synthetic_root, tmp_path) + [semi])
-        assert isinstance(task_for(config), SemiSupervisedTask)
+    task = task_for(load_config(None, multimnist_overrides(synthetic_root, tmp_path, "mm")))
+    assert isinstance(task, MultiMNISTTask)
+    assert task.args == MultiMNISTTask.Args(partners=1, test_digits=30)
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path)
+                         + ["task.name=semi_supervised", "task.args.labeled=20"])
+    assert isinstance(task_for(config), SemiSupervisedTask)
+    assert task_for(config).args.labeled == 20 and task_for(config).args.labeled_seed == 0
+
+
+def test_every_registered_task_declares_its_args_and_names_itself():
+    import dataclasses
+
+    from effcn.training.tasks import TASKS
+    assert set(TASKS) == {"classification", "semi_supervised", "multimnist", "numbers"}
+    for name, task in TASKS.items():
+        assert task.name == name and dataclasses.is_dataclass(task.Args)
+        task.Args()  # the defaults are valid
 
 
 def test_multimnist_runs_in_the_precision_it_records(synthetic_root, tmp_path, monkeypatch):
@@ -58,7 +70,7 @@ def test_multimnist_runs_in_the_precision_it_records(synthetic_root, tmp_path, m
 _RANK_SCRIPT = """
 import json, os, sys
 import torch
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.trainer import Trainer
 from effcn.data.multimnist import MultiMNIST
 from effcn.data.numbers import MNISTNumbers

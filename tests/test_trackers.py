@@ -15,7 +15,7 @@ import pytest
 from helpers import assert_one_sentence_error, effcn_in_process, quick_overrides, set_args
 from effcn.errors import ConfigError
 from effcn.training.callbacks import Callback
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.trainer import Trainer
 
@@ -152,7 +152,7 @@ def test_wandb_resume_continues_the_run_and_a_failure_is_recorded(synthetic_root
 
 
 def run_config_resumed(run: Path, overrides: list[str]):
-    from effcn.training.config import apply_overrides
+    from effcn.training.config_io import apply_overrides
     from effcn.training.rundir import RunDir
     return apply_overrides(RunDir(run).load_config(), overrides)
 

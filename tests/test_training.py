@@ -9,7 +9,7 @@ import torch
 from effcn.errors import CheckpointError, ConfigError
 from effcn.models import create_model
 from effcn.training.checkpoint import (load_checkpoint, model_from_checkpoint, save_checkpoint)
-from effcn.training.config import load_config
+from effcn.training.config_io import load_config
 from effcn.training.metrics import read_metrics
 from effcn.training.optim import build_optimizer, build_schedule
 from effcn.training.trainer import Trainer

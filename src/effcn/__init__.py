@@ -18,7 +18,7 @@ from ._version import __version__
 _PUBLIC = {
     "create_model": "effcn.models",
     "list_models": "effcn.models",
-    "load_config": "effcn.training.config",
+    "load_config": "effcn.training.config_io",
     "Trainer": "effcn.training.trainer",
     "evaluate_run": "effcn.training.evaluate",
     "predict": "effcn.tools.predict",

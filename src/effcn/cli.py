@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    from .training.config import apply_overrides, load_config
+    from .training.config_io import apply_overrides, load_config
     from .training.rundir import RunDir
     from .training.trainer import Trainer
     if args.resume:

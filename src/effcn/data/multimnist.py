@@ -31,7 +31,7 @@ class MultiMNIST(MNIST):
 
     display_name = "MultiMNIST (MNIST digits)"
     description = ("MultiMNIST: pairs of overlapping MNIST digits on 36x36, drawn on the fly for "
-                   "training; fixed-seed test pairs (data.multimnist_partners per test digit).")
+                   "training; fixed-seed test pairs (task.args.partners per test digit).")
 
 
 def random_shifts(n: int, generator: Optional[torch.Generator], device) -> torch.Tensor:

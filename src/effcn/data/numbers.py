@@ -31,7 +31,7 @@ class MNISTNumbers(MNIST):
     """The MNIST digits that MNIST numbers are composed of (items are single 28x28 digits)."""
 
     display_name = "MNIST numbers (MNIST digits)"
-    description = ("MNIST numbers: data.digits MNIST digits side by side (28 x 28k), 10**k "
+    description = ("MNIST numbers: task.args.digits MNIST digits side by side (28 x 28k), 10**k "
                    "classes; composed on the fly for training, fixed-seed test numbers.")
 
 

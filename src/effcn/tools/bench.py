@@ -97,7 +97,7 @@ class EffcnContender:
     def __init__(self, s: BenchSettings):
         from ..models import create_model
         from ..training import fastpath
-        from ..training.config import load_config
+        from ..training.config_io import load_config
         from ..training.environment import resolve_device
         from ..training.optim import build_optimizer
         from ..training.splits import Split

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..models.keras_import import PRESETS
 from ..training.checkpoint import checkpoint_state, save_checkpoint
-from ..training.config import Config, save_yaml
+from ..training.config import Config
+from ..training.config_io import save_yaml
 from ..training.rundir import RunDir
 
 

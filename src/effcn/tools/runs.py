@@ -23,7 +23,7 @@ def find_runs(root: str | Path) -> list[Path]:
 
 def run_row(run_dir: Path, root: Path) -> dict:
     """name, dataset, model, epochs (done/planned), best val acc, test acc, seconds, status."""
-    from ..training.config import load_yaml
+    from ..training.config_io import load_yaml
     from ..training.metrics import read_metrics
     run = RunDir(run_dir)
     cfg = load_yaml(run.config_path)

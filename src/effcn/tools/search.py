@@ -40,7 +40,7 @@ from ..errors import ConfigError, EffcnError
 from ..io import atomic_write_text, write_json
 from ..training.metrics import read_metrics
 from ..training.rundir import RunDir
-from ..training.config import load_config
+from ..training.config_io import load_config
 from .sweep_runs import SweepRun, format_value, overrides_for, run_command, run_env
 
 SEARCH_KEYS = {"sampler", "trials", "params", "pruner", "storage", "study", "seed",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from ..training.config import load_config, load_yaml
+from ..training.config_io import load_config, load_yaml
 from ..training.rundir import RunDir
 from .sweep_runs import (SweepRun, format_value, override, overrides_for, run_command, run_env,
                          threads_per_run)

@@ -182,7 +182,7 @@ class RunDir:
     # ------------------------------------------------------------------ contents
     def load_config(self):
         """The run's resolved Config (config.yaml)."""
-        from .config import config_from_dict, load_yaml
+        from .config_io import config_from_dict, load_yaml
         RunDir.open(self.path)
         return config_from_dict(load_yaml(self.config_path))
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import class_names_of, model_from_checkpoint
-from .config import Config, apply_overrides, config_from_dict
+from .config import Config
+from .config_io import apply_overrides, config_from_dict
 from .environment import resolve_device
 from .rundir import RunDir, resolve_checkpoint
 

@@ -48,24 +48,26 @@ def train_val_split(n: int, val_size: int, split_seed: int) -> tuple[torch.Tenso
 
 def labeled_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int) -> torch.Tensor:
     """Sorted indices (n,) into a training split (labels (N,)) of the images that keep their
-    labels (data.labeled, data.labeled_seed): class-balanced, n // num_classes of every class
-    and one more of each of the first n % num_classes classes (0, 1, ...), each class's chosen
-    at random by a CPU generator seeded by ``seed``; on the labels' device."""
+    labels (task.args.labeled, task.args.labeled_seed): class-balanced, n // num_classes of every
+    class and one more of each of the first n % num_classes classes (0, 1, ...), each class's
+    chosen at random by a CPU generator seeded by ``seed``; on the labels' device."""
     cpu = labels.cpu()
     if n > len(cpu):
-        raise ConfigError(f"data.labeled={n} is more than the {len(cpu)} training images (those "
-                          f"left after the validation split); lower it, or use 0 for all labeled.")
+        raise ConfigError(f"task.args.labeled={n} is more than the {len(cpu)} training images "
+                          f"(those left after the validation split); lower it, or use 0 for all "
+                          f"labeled.")
     if n < num_classes:
-        raise ConfigError(f"data.labeled={n} leaves some of the {num_classes} classes without a "
-                          f"labeled image; use at least {num_classes}.")
+        raise ConfigError(f"task.args.labeled={n} leaves some of the {num_classes} classes "
+                          f"without a labeled image; use at least {num_classes}.")
     g = torch.Generator().manual_seed(seed)
     chosen = []
     for c in range(num_classes):
         want = n // num_classes + (1 if c < n % num_classes else 0)
         members = (cpu == c).nonzero().flatten()
         if len(members) < want:
-            raise ConfigError(f"data.labeled={n} needs {want} labeled images of class {c} but the "
-                              f"training split has {len(members)}; lower data.labeled.")
+            raise ConfigError(f"task.args.labeled={n} needs {want} labeled images of class {c} "
+                              f"but the training split has {len(members)}; lower "
+                              f"task.args.labeled.")
         chosen.append(members[torch.randperm(len(members), generator=g)[:want]])
     return torch.cat(chosen).sort().values.to(labels.device)
 

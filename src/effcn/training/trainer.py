@@ -29,7 +29,8 @@ from ..models import count_parameters
 from . import distributed, fastpath
 from .callbacks import Callback, callbacks_from_config
 from .checkpoint import checkpoint_state, load_checkpoint, load_model_weights, save_checkpoint
-from .config import Config, save_yaml
+from .config import Config
+from .config_io import save_yaml
 from .ema import EMA
 from .environment import environment, resolve_device
 from .evaluate import evaluate

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
-
-from ...errors import ConfigError
 
 
 class Batch(NamedTuple):
@@ -49,12 +48,24 @@ class Task:
     split_items = "images"          # what the train / val splits hold (MultiMNIST: digits)
     set_items = "images"            # what an evaluation set holds (MultiMNIST: pairs)
     extra_parts: tuple = ()         # names of the loss parts ``loss`` returns after the three
+    dataset: str = ""               # the dataset the task needs ("": any dataset no task claims)
+
+    @dataclasses.dataclass
+    class Args:
+        """The task's own settings (``task.args``); a task that has some declares its own Args,
+        whose ``__post_init__`` raises ValueError for an out-of-range value."""
 
     def __init__(self, config):
         self.config = config
+        self.args = self.args_of(config)
 
-    @staticmethod
-    def check_config(config) -> None:
+    @classmethod
+    def args_of(cls, config) -> "Task.Args":
+        """The task's Args of a config (``config.task.args``, checked when it was loaded)."""
+        return cls.Args(**config.task.args)
+
+    @classmethod
+    def check_config(cls, config) -> None:
         """Refuse settings the task cannot use (called when a config is validated)."""
 
     # ------------------------------------------------------------- training
@@ -132,15 +143,13 @@ class Task:
         return []
 
 
-def uses_semi_supervision(config) -> bool:
-    """Whether a config asks for few labels or an unsupervised term (the semi-supervised task)."""
-    t = config.train
-    return bool(config.data.labeled or t.labeled_batch_size or t.unlabeled_recon_weight
-                or t.consistency_weight)
-
-
-def refuse_semi_supervision(config, dataset: str) -> None:
-    """One sentence when a task that cannot take few labels is asked for them."""
-    if uses_semi_supervision(config):
-        raise ConfigError(f"data.labeled and the semi-supervised train.* terms apply to "
-                          f"classification datasets, not {dataset}; set them to 0.")
+def check_fields(args, minimum: Optional[dict] = None, choices: Optional[dict] = None) -> None:
+    """A ValueError naming the first field of ``args`` (an Args dataclass) below its minimum or
+    not one of its choices: the range checks of an Args' ``__post_init__``."""
+    for name, low in (minimum or {}).items():
+        if getattr(args, name) < low:
+            raise ValueError(f"{name} must be at least {low}, got {getattr(args, name)!r}")
+    for name, allowed in (choices or {}).items():
+        if getattr(args, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got "
+                             f"{getattr(args, name)!r}")

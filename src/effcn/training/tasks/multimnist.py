@@ -1,23 +1,24 @@
 """MultiMNIST: two overlapping digits, two labels, two reconstructions, two-digit accuracy.
 
-    effcn train --config configs/multimnist.yaml     (data.dataset=multimnist picks this task)
+    effcn train --config configs/multimnist.yaml     (task.name=multimnist, data.dataset=multimnist)
 
 The loss (the paper's): margin loss with both digits as targets (multi-hot), plus 0.196 * MSE for
 each of the two reconstructions, each decoded from the capsules masked by its own true label and
 compared with its own shifted digit (train.recon_weight is the weight of EACH reconstruction).
 The metric: the two longest capsules against the two true labels, each label counting half.
 Training pairs are composed on the device, fresh each batch; validation pairs are fixed (one
-partner per validation digit), test pairs too (data.multimnist_partners per test digit).
+partner per validation digit), test pairs too (task.args.partners per test digit).
 
-As in the authors' code, by default: a training partner is any other image (data.multimnist_
-same_label; a shared label then has target 2, not clamped, in the margin loss too), an epoch can
-be longer than one pass over the digits (data.multimnist_epoch_pairs: theirs is 600,000 pairs,
-37,500 steps of 16, so the per-epoch learning-rate decay comes every 600,000 pairs) and the test
-pairs are built their way (data.multimnist_test_style).
+As in the authors' code, by default: a training partner is any other image (task.args.same_label;
+a shared label then has target 2, not clamped, in the margin loss too), an epoch can be longer
+than one pass over the digits (task.args.epoch_pairs: theirs is 600,000 pairs, 37,500 steps of
+16, so the per-epoch learning-rate decay comes every 600,000 pairs) and the test pairs are built
+their way (task.args.test_style).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from ...capsules import margin_loss, reconstruction_loss
 from ...data.multimnist import (AnyOtherImage, MultiMNISTPairs, PartnerSampler, compose_batch,
                                 pad_digits)
 from ...errors import ConfigError
-from .base import Batch, EvalSet, Task, refuse_semi_supervision
+from .base import Batch, EvalSet, Task, check_fields
 
 RECON_WEIGHT_EACH = 0.196  # the paper: 0.196 per digit (the MNIST model's 0.392 split in two)
 VAL_SEED, TEST_SEED = 1, 0
@@ -85,10 +86,23 @@ class MultiMNISTTask(Task):
     metric = "two-digit accuracy"
     split_items = "digits"
     set_items = "pairs"
+    dataset = "multimnist"
 
-    @staticmethod
-    def check_config(config) -> None:
-        refuse_semi_supervision(config, "multimnist")
+    @dataclasses.dataclass
+    class Args:
+        partners: int = 1000          # test set: partners per test digit
+        test_digits: int = 0          # test set: the first N test digits (0: all)
+        same_label: bool = True       # training partners: any other image (the authors') or
+                                      # false: only digits of another label
+        epoch_pairs: int = 0          # pairs per epoch (the authors': 600000); 0: one pass
+        test_style: str = "authors"   # authors | resampled (effcn's earlier test pairs)
+
+        def __post_init__(self):
+            check_fields(self, minimum={"partners": 1, "test_digits": 0, "epoch_pairs": 0},
+                         choices={"test_style": ("authors", "resampled")})
+
+    @classmethod
+    def check_config(cls, config) -> None:
         if config.data.augment.strip().lower() != "none":
             raise ConfigError(f"data.augment={config.data.augment} does not apply to multimnist "
                               f"(its pairs are shifted by the generator); set data.augment=none.")
@@ -96,7 +110,7 @@ class MultiMNISTTask(Task):
     def setup(self, train, val) -> None:
         # Padded to 36x36 once, uint8 on the device; pairs are composed per batch.
         self.train_x, self.train_y = pad_digits(train.images), train.labels
-        self.sampler = (AnyOtherImage(len(self.train_y)) if self.config.data.multimnist_same_label
+        self.sampler = (AnyOtherImage(len(self.train_y)) if self.args.same_label
                         else PartnerSampler(self.train_y))
         self._val = self.eval_set(val, "val")
 
@@ -106,10 +120,10 @@ class MultiMNISTTask(Task):
 
     @property
     def epoch_size(self) -> int:
-        return self.config.data.multimnist_epoch_pairs or self.num_train
+        return self.args.epoch_pairs or self.num_train
 
     def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
-        """As many passes over the digits as data.multimnist_epoch_pairs asks (each pass its own
+        """As many passes over the digits as task.args.epoch_pairs asks (each pass its own
         permutation), cut to that many pairs."""
         passes = -(-self.epoch_size // self.num_train)
         return torch.cat([torch.randperm(self.num_train, generator=generator,
@@ -148,16 +162,15 @@ class MultiMNISTTask(Task):
         return self._val
 
     def eval_set(self, split, name: str) -> EvalSet:
-        """Validation: one partner per digit (seed 1); test: data.multimnist_partners per digit of
-        the first data.multimnist_test_digits test digits (seed 0)."""
-        d = self.config.data
+        """Validation: one partner per digit (seed 1); test: task.args.partners per digit of the
+        first task.args.test_digits test digits (seed 0)."""
+        a = self.args
         if name == "test":
-            pairs = MultiMNISTPairs(split.images, split.labels, partners=d.multimnist_partners,
-                                    seed=TEST_SEED, n_digits=d.multimnist_test_digits,
-                                    style=d.multimnist_test_style)
+            pairs = MultiMNISTPairs(split.images, split.labels, partners=a.partners,
+                                    seed=TEST_SEED, n_digits=a.test_digits, style=a.test_style)
         else:
             pairs = MultiMNISTPairs(split.images, split.labels, partners=1, seed=VAL_SEED,
-                                    style=d.multimnist_test_style)
+                                    style=a.test_style)
         return PairSet(pairs, name)
 
     def describe_eval_set(self, eval_set: PairSet) -> str:

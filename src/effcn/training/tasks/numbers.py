@@ -1,12 +1,12 @@
 """MNIST numbers: k MNIST digits side by side, one label (the k-digit number), 10**k classes.
 
-    effcn train --config configs/mnist_numbers2_cpu.yaml    (data.dataset=mnist_numbers picks it)
+    effcn train --config configs/mnist_numbers2_cpu.yaml    (task.name=numbers, task.args.digits=2)
 
 A classification task whose images are composed (data/numbers.py): the loss is classification's
 (the margin loss, or the model's own, plus train.recon_weight x the MSE of the reconstruction of
 the whole 28 x 28k image) and the metric is the accuracy of the whole number, every digit right.
 
-- Training: an epoch is data.numbers_epoch_images numbers (0: as many as the training digits
+- Training: an epoch is task.args.epoch_images numbers (0: as many as the training digits
   allow, digits // k), read k at a time from shuffled passes over the training digits, so one
   pass uses every digit once. Each digit is augmented on its own (data.augment, at 28x28)
   before the digits are placed; all of it on the device, from the epoch's generator.
@@ -23,7 +23,7 @@ import dataclasses
 
 from ...data.numbers import NumberSet, epoch_table, number_labels, number_names, side_by_side
 from ...errors import ConfigError
-from .base import Batch, EvalSet, refuse_semi_supervision
+from .base import Batch, EvalSet, check_fields
 from .classification import ClassificationTask
 
 VAL_SEED, TEST_SEED = 1, 0
@@ -42,7 +42,7 @@ def check_model_config(cfg, name: str, k: int) -> None:
     from ...models import input_shape
     c, h, w = input_shape(cfg)
     if (c, h, w, cfg.num_classes) != (1, 28, 28 * k, 10 ** k):
-        raise ConfigError(f"data.dataset=mnist_numbers with data.digits={k} has 1x28x{28 * k} "
+        raise ConfigError(f"mnist_numbers with task.args.digits={k} has 1x28x{28 * k} "
                           f"images of {10 ** k} classes but model {name} takes {c}x{h}x{w} "
                           f"images of {cfg.num_classes} classes; set model.name to "
                           f"{preset_for(k)}.")
@@ -72,17 +72,25 @@ class NumbersTask(ClassificationTask):
     metric = "number accuracy"
     split_items = "digits"
     set_items = "numbers"
+    dataset = "mnist_numbers"
+
+    @dataclasses.dataclass
+    class Args:
+        digits: int = 2               # digits per image: 1, 2 or 3 (10, 100 or 1,000 classes)
+        epoch_images: int = 0         # numbers per epoch; 0: training digits // digits
+
+        def __post_init__(self):
+            check_fields(self, minimum={"epoch_images": 0}, choices={"digits": (1, 2, 3)})
 
     def __init__(self, config):
         super().__init__(config)
-        self.k = config.data.digits
+        self.k = self.args.digits
 
-    @staticmethod
-    def check_config(config) -> None:
+    @classmethod
+    def check_config(cls, config) -> None:
         from ...data.transforms import AUGMENTATIONS
         from ...models import default_config
-        refuse_semi_supervision(config, "mnist_numbers")
-        k, augment = config.data.digits, config.data.augment.strip().lower()
+        k, augment = cls.args_of(config).digits, config.data.augment.strip().lower()
         if augment in AUGMENTATIONS:
             raise ConfigError(f"data.augment={config.data.augment} does not apply to "
                               f"mnist_numbers (each 28x28 digit is augmented on its own); use "
@@ -104,7 +112,7 @@ class NumbersTask(ClassificationTask):
 
     @property
     def epoch_size(self) -> int:
-        return self.config.data.numbers_epoch_images or self.num_train // self.k
+        return self.args.epoch_images or self.num_train // self.k
 
     def epoch_order(self, generator):
         """(epoch_size, k) training-digit indices: one row per number."""
