@@ -156,7 +156,7 @@ def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_pa
                 inside[0] = False
         return call
 
-    from effcn.training.trainer import TrainStep
+    from effcn.training.step import TrainStep
     monkeypatch.setattr(TrainStep, "__call__", watched(TrainStep.__call__))
     for cls in (ClassificationTask, MultiMNISTTask, SemiSupervisedTask):
         monkeypatch.setattr(cls, "train_batch", watched(cls.train_batch))
