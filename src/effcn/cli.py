@@ -195,13 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     from .training.config import apply_overrides, load_config
-    from .training.rundir import RunDir
+    from .training.resume import resumable_run
     from .training.trainer import Trainer
     if args.resume:
         if args.config:
             raise EffcnError("--resume takes the run's own saved config; drop --config (use --set "
                              "to change fields such as train.epochs).")
-        run = RunDir.open(args.resume)  # the one RunDir of this run (Trainer checks resumability)
+        run = resumable_run(args.resume)  # the one RunDir of this run
         config = apply_overrides(run.load_config(), args.overrides)
         trainer = Trainer(config, run=run, resume=True, quiet=args.quiet)
     else:

@@ -25,10 +25,13 @@ def cannot_resume(run: RunDir) -> EffcnError:
                       f"before its first epoch ended); start a new run.")
 
 
-def check_resumable(run: RunDir) -> None:
-    """Fail early (before any data is loaded) when ``run`` holds no checkpoint at all."""
-    if not run.last.is_file() and not run.step.is_file():
+def resumable_run(path: str | Path | RunDir) -> RunDir:
+    """The run directory to continue, checked before anything is loaded: the one clear error
+    when the folder holds no checkpoint at all, or is no run directory."""
+    run = path if isinstance(path, RunDir) else RunDir(path)
+    if run.path.is_dir() and not run.last.is_file() and not run.step.is_file():
         raise cannot_resume(run)
+    return RunDir.open(run)
 
 
 def resume_checkpoint(run: RunDir, model_name: str,

@@ -35,7 +35,7 @@ from .evaluate import evaluate
 from .metrics import MetricsLog
 from .optim import step_epoch_schedule
 from .preemption import StopSignals
-from .resume import check_resumable, restore, resume_point, save_step
+from .resume import restore, resumable_run, resume_point, save_step
 from .rundir import RunDir
 from .splits import TEST_SELECTED, load_test
 from .state import TrainState, build_state
@@ -123,7 +123,7 @@ class Trainer:
         """The run to continue (resume), or the folder of a new one (created by rank 0)."""
         given = where if isinstance(where, RunDir) or where is None else RunDir(where)
         if self.resume:
-            return RunDir.open(given)
+            return resumable_run(given)
         path = None
         if self.is_main:
             if given is not None:
@@ -195,8 +195,6 @@ class Trainer:
     def _setup(self) -> TrainState:
         """The run's data, model, optimizer, schedule, EMA and step (training/state.py)."""
         try:
-            if self.resume:
-                check_resumable(self.run)  # before any data is loaded
             return build_state(self.config, self.task, self.dist, self.device)
         except BaseException:
             # A run that failed before writing anything (missing data, ...) leaves no folder.
