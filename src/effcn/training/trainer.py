@@ -39,7 +39,7 @@ from .resume import restore, resumable_run, resume_point, save_step
 from .rundir import RunDir
 from .splits import TEST_SELECTED, load_test
 from .state import TrainState, build_state
-from .step import TrainStep, epoch_generator  # noqa: F401 -- TrainStep: its old import path
+from .step import TrainStep, epoch_generator  # noqa: F401 -- TrainStep re-exported: its public path before step.py (compatibility)
 from .summary import (selects_on_test, summary_lines, test_figures, test_selected_figures,
                       write_summary)
 from .tasks import task_for
