@@ -6,7 +6,7 @@
 Prints and writes (``--out``, JSON) three measurements:
 1. seconds per MNIST epoch (55,000 images) of the paper's model at batch 16 and 256, eager,
    torch.compile and CUDA graphs (compile mode reduce-overhead), with peak memory: effcn bench's
-   own step (training.trainer.TrainStep), synthetic data;
+   own step (training.step.TrainStep), synthetic data;
 2. the time to 99.6% MNIST test accuracy: configs/mnist_cpu.yaml's recipe at batch 256 (lr scaled
    linearly), data.protocol=authors so the test set is evaluated after every epoch (a
    TEST-SELECTED figure: it measures speed, not accuracy), up to --max-minutes of training;

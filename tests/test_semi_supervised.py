@@ -17,7 +17,8 @@ from effcn.training.metrics import read_metrics
 from effcn.training.optim import build_optimizer
 from effcn.training.splits import labeled_subset, load_train_val
 from effcn.training.tasks import ClassificationTask, SemiSupervisedTask, task_for
-from effcn.training.trainer import Trainer, TrainStep, epoch_generator
+from effcn.training.step import TrainStep, epoch_generator
+from effcn.training.trainer import Trainer
 
 from helpers import quick_overrides, same_state
 

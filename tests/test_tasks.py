@@ -162,7 +162,7 @@ def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_pa
                 inside[0] = outer
         return call
 
-    from effcn.training.trainer import TrainStep
+    from effcn.training.step import TrainStep
     monkeypatch.setattr(TrainStep, "__call__", watched(TrainStep.__call__))
     for cls in set(TASKS.values()):
         monkeypatch.setattr(cls, "train_batch", watched(cls.train_batch))

@@ -178,3 +178,29 @@ def test_model_dataset_mismatch_is_clear(synthetic_root, tmp_path):
                          ["model.name=efficient_capsnet_multimnist"])
     with pytest.raises(ConfigError, match="has 1x28x28 images but model efficient_capsnet_multimnist expects 1x36x36"):
         Trainer(config, quiet=True).fit()
+
+
+def test_a_given_run_dir_is_the_one_the_trainer_writes_and_resumes(synthetic_root, tmp_path):
+    from effcn.training.rundir import RunDir
+    run = RunDir(tmp_path / "given")
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=1, name="x"))
+    trainer = Trainer(config, run=run, quiet=True)
+    assert trainer.run is run
+    with pytest.raises(AttributeError, match="exists once fit"):
+        trainer.model  # noqa: B018 -- built by fit()
+    assert trainer.fit()["run_dir"] == str(run.path)
+    config.train.epochs = 2
+    resumed = Trainer(config, run=run, resume=True, quiet=True)
+    assert resumed.run is run
+    assert resumed.fit()["best_epoch"] in (1, 2) and resumed.start_epoch == 2
+    assert [r["epoch"] for r in read_metrics(run.metrics_path, kind="epoch")] == [1, 2]
+
+
+def test_resume_without_a_checkpoint_is_refused_before_anything_loads(synthetic_root, tmp_path):
+    from effcn.errors import EffcnError
+    run = tmp_path / "early"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    config = load_config(None, quick_overrides(synthetic_root, tmp_path, epochs=1, name="early"))
+    with pytest.raises(EffcnError, match="has no checkpoints/last.pt"):
+        Trainer(config, run_dir=run, resume=True, quiet=True)

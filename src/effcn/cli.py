@@ -195,18 +195,15 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     from .training.config_io import apply_overrides, load_config
-    from .training.rundir import RunDir
+    from .training.resume import resumable_run
     from .training.trainer import Trainer
     if args.resume:
         if args.config:
             raise EffcnError("--resume takes the run's own saved config; drop --config (use --set "
                              "to change fields such as train.epochs).")
-        run = RunDir(args.resume)
-        if run.path.is_dir() and not run.last.is_file() and not run.step.is_file():
-            raise EffcnError(f"cannot resume {run.path}: it has no checkpoints/last.pt (the run "
-                             f"stopped before its first epoch ended); start a new run instead.")
+        run = resumable_run(args.resume)  # the one RunDir of this run
         config = apply_overrides(run.load_config(), args.overrides)
-        trainer = Trainer(config, run_dir=run.path, resume=True, quiet=args.quiet)
+        trainer = Trainer(config, run=run, resume=True, quiet=args.quiet)
     else:
         config = load_config(args.config, args.overrides)
         name = Path(args.config).stem if args.config else "run"

@@ -2,7 +2,7 @@
 
     effcn bench --model efficient_capsnet_mnist --batch-size 16 --device cpu [--amp auto|bf16|off] [--compile]
 
-The training step is the trainer's own (training.trainer.TrainStep: uint8 data resident on the
+The training step is the trainer's own (training.step.TrainStep: uint8 data resident on the
 device, batched augmentation, the fast path, the configured optimizer and the model's own loss,
 e.g. cross-entropy for the CNN baseline); evaluation is training.evaluate.evaluate. Each figure is measured after
 warm-up over several repeats and reported as median with min and max; "seconds per MNIST epoch"
@@ -102,7 +102,7 @@ class EffcnContender:
         from ..training.optim import build_optimizer
         from ..training.splits import Split
         from ..training.tasks.classification import ClassificationTask
-        from ..training.trainer import TrainStep
+        from ..training.step import TrainStep
         self.s, self.device = s, resolve_device(s.device)
         config = load_config(s.config)
         config.model.name, config.data.augment = s.model, s.augment

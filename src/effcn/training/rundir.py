@@ -66,9 +66,10 @@ class RunDir:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
-        """An existing run directory (a folder with config.yaml), else the one clear error."""
-        run = cls(path)
+    def open(cls, path: "str | Path | RunDir") -> "RunDir":
+        """An existing run directory (a folder with config.yaml), else the one clear error; a
+        RunDir is checked and returned as it is."""
+        run = path if isinstance(path, RunDir) else cls(path)
         if not run.is_run(run.path):
             what = "does not exist" if not run.path.exists() else "has no config.yaml"
             raise EffcnError(f"{run.path} is not an effcn run directory (it {what}); pass the "
@@ -183,7 +184,7 @@ class RunDir:
     def load_config(self):
         """The run's resolved Config (config.yaml)."""
         from .config_io import config_from_dict, load_yaml
-        RunDir.open(self.path)
+        RunDir.open(self)
         return config_from_dict(load_yaml(self.config_path))
 
     def summary(self) -> dict:
