@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, EffcnError, Interrupted, Preempted, filesystem_error
-from ..io import read_json, write_json
+from ..errors import ConfigError, EffcnError, Interrupted, Preempted, RunLocked, filesystem_error
+from ..io import RunLock, read_json, write_json
 from ..models import create_model
 from ..models.efficient_capsnet import count_parameters
 from . import distributed, fastpath
@@ -414,10 +414,13 @@ class Trainer:
         Ctrl-C raises :class:`~effcn.errors.Interrupted` naming the epoch, the batch and the
         resume command; what is on disk stays whole (last.pt resumes exactly)."""
         self._wall_start, self._started = time.perf_counter(), datetime.now()
+        lock = RunLock(self.run_dir, enabled=self.is_main)  # one writer per run (rank 0's)
         try:
+            self._take_run_lock(lock)
             try:
                 self._setup()
             except BaseException:
+                lock.release()
                 # A run that failed before writing anything (missing data, ...) leaves no folder.
                 if not self.resume and self.is_main and self.run_dir.is_dir() \
                         and not any(self.run_dir.iterdir()):
@@ -430,6 +433,8 @@ class Trainer:
             except BaseException as e:
                 self._emit_exception(e)
                 raise
+            finally:
+                lock.release()
             return distributed.broadcast_object(summary, self.dist)
         except KeyboardInterrupt:
             raise self._interrupted() from None
@@ -445,6 +450,17 @@ class Trainer:
                 self.step.forward_model = self.model
                 gc.collect()
             distributed.shutdown(self.dist)
+
+    def _take_run_lock(self, lock: RunLock) -> None:
+        """Rank 0 takes the run's lock; a refusal reaches every rank (none trains alone)."""
+        try:
+            lock.acquire()
+            refused = None
+        except RunLocked as e:
+            refused = str(e)
+        refused = distributed.broadcast_object(refused, self.dist)
+        if refused:
+            raise RunLocked(refused)
 
     def _fit_epochs(self) -> float:
         cfg, log = self.config, None
