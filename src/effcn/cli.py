@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dark ink on a light background (detected by --preprocess mnist; "
                    "needed with none and resize)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--max-pixels", type=int, default=89_478_485, help="refuse image files "
+                   "declaring more pixels (checked before decoding; default: Pillow's limit)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run's classifier (and decoder) as ONNX or "
@@ -298,7 +300,8 @@ def cmd_predict(args) -> int:
         preprocess = ("mnist" if dataset in DIGIT_DATASETS and cfg.in_channels == 1
                       and cfg.image_size >= 28 else "resize")
     batch = torch.stack([load_image(p, cfg.image_size, cfg.in_channels,
-                                    invert=True if args.invert else None, preprocess=preprocess)
+                                    invert=True if args.invert else None, preprocess=preprocess,
+                                    max_pixels=args.max_pixels)
                          for p in args.images])
     # as the run's data were scaled (the authors' MNIST: x / 256, so 255 -> 0.996)
     batch = batch * (255.0 / state.get("config", {}).get("data", {}).get("pixel_divisor", 255.0))
