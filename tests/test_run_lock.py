@@ -182,3 +182,31 @@ def test_a_sweep_run_still_written_by_another_process_fails_naming_it(tmp_path, 
         assert snapshot(tmp_path) == before  # not removed, not trained a second time
     finally:
         stop(holder)
+
+
+def test_a_retried_search_trial_whose_run_is_still_written_fails_with_the_reason(
+        synthetic_root, tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    import yaml
+
+    from effcn.tools import sweep_runs
+    from effcn.tools.search import TrialFailed, open_study, train_trial
+    from effcn.tools.sweep import load_sweep
+    monkeypatch.setattr(sweep_runs, "LOCK_WAIT_SECONDS", 0.5)
+    overrides = [o for o in quick_overrides(synthetic_root, tmp_path, epochs=1)
+                 if not o.startswith(("run.dir=", "run.name=", "train.progress="))]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "set": overrides, "seeds": [42], "dir": str(tmp_path / "study"),
+        "search": {"trials": 1, "poll_seconds": 0.1,
+                   "params": {"optim.lr": {"log_uniform": [1.0e-4, 1.0e-2]}}}}))
+    spec = load_sweep(path)
+    trial = open_study(spec).ask()
+    run = tmp_path / "study" / f"t{trial.number:03d}-seed42"  # the folder its first try trains
+    holder = start_holder(run)
+    try:
+        with pytest.raises(TrialFailed, match=f"being written by process {holder.pid} "):
+            train_trial(spec, trial, threads=1)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing started beside it
+    finally:
+        stop(holder)

@@ -217,7 +217,7 @@ def run_lock_holder(run_dir: str | Path) -> dict | None:
             return dict(_HELD[key].holder)
         try:
             fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
+        except OSError:  # no lock file, or one this process may not lock (a read-only folder)
             return None
         try:
             if fcntl is None:
