@@ -107,8 +107,8 @@ CLI_CASES = [
     ("predict: wrong size", lambda t, run, root: ["predict", str(run), str(_image(t, (32, 32), "L")),
                                                   "--no-preprocess"],
      "is 32x32 pixels but the model takes 28x28"),
-    ("predict: wrong mode", lambda t, run, root: ["predict", str(run), str(_image(t, (28, 28), "I;16"))],
-     "has mode I;16"),
+    ("predict: float pixels", lambda t, run, root: ["predict", str(run), str(_image(t, (28, 28), "F"))],
+     "has pixel format F"),
     ("predict: not an image", lambda t, run, root: ["predict", str(run), str(_text_file(t))],
      "is not a readable image"),
     ("predict: missing file", lambda t, run, root: ["predict", str(run), str(t / "nope.png")],
@@ -206,7 +206,7 @@ def _evil_checkpoint(t: Path) -> Path:
 
 def _image(t: Path, size, mode) -> Path:
     from PIL import Image
-    p = t / f"img_{size[0]}_{mode.replace(';', '')}.png"
+    p = t / f"img_{size[0]}_{mode.replace(';', '')}.{'tiff' if mode == 'F' else 'png'}"
     Image.new(mode, size).save(p)
     return p
 
