@@ -80,7 +80,7 @@ def test_a_text_file_named_png_is_not_an_image(tmp_path):
     fake.write_text("not an image at all\n")
     with pytest.raises(DataError) as e:
         open_image(fake)
-    _one_sentence(e.value, fake, "is not an image file")
+    _one_sentence(e.value, fake, "is not a readable image file")
     with pytest.raises(DataError, match="does not exist"):
         open_image(tmp_path / "missing.png")
 
@@ -156,4 +156,4 @@ def test_effcn_predict_refuses_a_bomb_in_one_sentence(synthetic_root, tmp_path, 
     text = tmp_path / "text.png"
     text.write_text("hello")
     code, _, err = effcn_in_process(["predict", run, text], capsys)
-    assert_one_sentence_error(code, err, f"{text} is not an image file")
+    assert_one_sentence_error(code, err, f"{text} is not a readable image file")

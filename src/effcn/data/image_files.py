@@ -67,8 +67,8 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
             declared = re.search(r"\((\d+) pixels\)", str(e))
             raise _too_large(path, int(declared[1]) if declared else None, max_pixels) from None
         except UnidentifiedImageError:
-            raise DataError(f"{path} is not an image file (Pillow does not recognise its "
-                            f"format); pass a PNG, JPEG or other image file.") from None
+            raise DataError(f"{path} is not a readable image file (Pillow does not recognise "
+                            f"its format); pass a PNG, JPEG or other image file.") from None
         except _BROKEN as e:
             raise _broken(path, e) from None
         with img:
