@@ -239,3 +239,42 @@ def test_mnist_preset_maps_batchnorm_and_the_fc_decoder(tmp_path, moving_stats_l
     np.testing.assert_array_equal(sd["decoder.net.4.weight"].numpy(), w["dense_2/kernel"].T)
     with pytest.raises(CheckpointError, match="holds 28 tensors but the smallnorb preset expects 20"):
         import_keras_weights(path, "smallnorb")
+
+
+def _replace_dataset(path: Path, group: str, name: str, **create) -> None:
+    """Swap one tensor of a weights file for a dataset made by h5py's create_dataset(**create)."""
+    with h5py.File(path, "r+") as f:
+        del f[group][name]
+        f[group].create_dataset(name, **create)
+
+
+def test_a_tensor_declaring_a_huge_shape_is_refused_before_it_is_read(tmp_path):
+    import resource
+    path = tmp_path / "huge.h5"
+    write_keras_h5(path)
+    size = path.stat().st_size
+    # 10^6 x 10^6 x 8 x 16 float32 (512 PB) declared in a few bytes: its chunks are never written
+    huge = (10**6, 10**6, 8, 16)
+    _replace_dataset(path, "CapsNet", "digit_caps/W:0", shape=huge, dtype="f4",
+                     chunks=(1, 1, 8, 16))
+    assert path.stat().st_size < size + 100_000
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError) as e:
+        import_keras_weights(path, "smallnorb")
+    message = str(e.value)
+    from effcn.models import create_model
+    want = tuple(create_model("efficient_capsnet_smallnorb").digit_caps.W.shape)
+    assert f"tensor CapsNet/digit_caps/W:0 has shape {huge} but digit_caps.W of the smallnorb " \
+           f"preset is {want}" in message, message
+    assert message.count(". ") == 0 and message.endswith(".")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mb < 200  # nothing of the declared size was allocated
+
+
+def test_a_tensor_of_strings_is_refused_naming_it(tmp_path):
+    path = tmp_path / "strings.h5"
+    write_keras_h5(path)
+    _replace_dataset(path, "CapsNet", "digit_caps/b:0", data=np.array([b"x"] * 5))
+    with pytest.raises(CheckpointError, match="tensor CapsNet/digit_caps/b:0 holds .* values, not "
+                                              "numbers, for digit_caps.b"):
+        import_keras_weights(path, "smallnorb")

@@ -107,8 +107,8 @@ CLI_CASES = [
     ("predict: wrong size", lambda t, run, root: ["predict", str(run), str(_image(t, (32, 32), "L")),
                                                   "--no-preprocess"],
      "is 32x32 pixels but the model takes 28x28"),
-    ("predict: wrong mode", lambda t, run, root: ["predict", str(run), str(_image(t, (28, 28), "I;16"))],
-     "has mode I;16"),
+    ("predict: float pixels", lambda t, run, root: ["predict", str(run), str(_image(t, (28, 28), "F"))],
+     "has pixel format F"),
     ("predict: not an image", lambda t, run, root: ["predict", str(run), str(_text_file(t))],
      "is not a readable image"),
     ("predict: missing file", lambda t, run, root: ["predict", str(run), str(t / "nope.png")],
@@ -206,7 +206,7 @@ def _evil_checkpoint(t: Path) -> Path:
 
 def _image(t: Path, size, mode) -> Path:
     from PIL import Image
-    p = t / f"img_{size[0]}_{mode.replace(';', '')}.png"
+    p = t / f"img_{size[0]}_{mode.replace(';', '')}.{'tiff' if mode == 'F' else 'png'}"
     Image.new(mode, size).save(p)
     return p
 
@@ -455,3 +455,21 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root,
     keys = ("train_loss", "train_acc", "val_loss", "val_acc")
     assert [[e[k] for k in keys] for e in ea] == [[e[k] for k in keys] for e in eb]
     assert len(read_metrics(tmp_path / "killed" / "metrics.jsonl", "batch")) == 3 * 7
+
+
+def test_no_file_is_ever_unpickled_freely():
+    """Every np.load in src/ passes allow_pickle=False and every torch.load weights_only=True;
+    the one unpickler (CIFAR-10's batches, a pickle format) is the restricted one."""
+    import re
+    src = Path(__file__).resolve().parents[1] / "src" / "effcn"
+    unsafe = []
+    for path in sorted(src.rglob("*.py")):
+        text = path.read_text()
+        for call in re.finditer(r"\b(np|numpy|torch)\.load\(", text):
+            args = text[call.end():text.find(")", call.end()) + 1]
+            safe = "allow_pickle=False" if call[1] != "torch" else "weights_only=True"
+            if safe not in args:
+                unsafe.append(f"{path.relative_to(src)}: {call[0]}{args}")
+        if re.search(r"\bpickle\.(loads?|Unpickler)\b", text) and path.name != "cifar10.py":
+            unsafe.append(f"{path.relative_to(src)}: uses pickle")
+    assert not unsafe, unsafe

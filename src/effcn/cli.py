@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dark ink on a light background (detected by --preprocess mnist; "
                    "needed with none and resize)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--max-pixels", type=int, default=89_478_485, help="refuse image files "
+                   "declaring more pixels (checked before decoding; default: Pillow's limit)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run's classifier (and decoder) as ONNX or "
@@ -253,7 +255,7 @@ def cmd_ensemble(args) -> int:
 def cmd_predict(args) -> int:
     from .tools.predict import predict
     r = predict(args.run, args.images, args.checkpoint, args.preprocess,
-                invert=True if args.invert else None)
+                invert=True if args.invert else None, max_pixels=args.max_pixels)
     for p in r.predictions:
         if args.json:
             print(json.dumps({"image": p.image, "class": p.class_index, "name": p.class_name,

@@ -48,6 +48,10 @@ class FileSystemError(EffcnError):
     """A file or folder could not be read or written (full disk, read-only, permissions, ...)."""
 
 
+class RunLocked(EffcnError):
+    """Another live process writes the run (it holds the run's lock, effcn.io.RunLock)."""
+
+
 # errno -> (what happened, what to do); an OSError with any other errno is not described.
 _FILESYSTEM_CAUSES = {
     errno.ENOSPC: ("no space is left on the device", "free space"),

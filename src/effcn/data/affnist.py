@@ -314,7 +314,7 @@ class AffNISTStyle(torch.utils.data.Dataset):
         if not path.is_file():
             return None
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 if str(z["source"]) != digest or z["images"].shape != (n, AFFNIST_SIZE, AFFNIST_SIZE):
                     return None  # made from other MNIST files: regenerate
                 return z["images"]

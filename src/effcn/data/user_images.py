@@ -17,50 +17,24 @@ import numpy as np
 import torch
 
 from ..errors import EffcnError
+from .image_files import MAX_PIXELS, image_array, pillow
 
-# Modes whose pixels are 8-bit intensities or colours that convert to them without guessing.
-CONVERTIBLE_MODES = ("L", "LA", "P", "RGB", "RGBA", "1")
 PREPROCESS = ("mnist", "resize", "none")
 MNIST_SIZE, MNIST_BOX, MNIST_CENTRE = 28, 20, 14.0
 INK_THRESHOLD = 0.2   # of the ink's peak: fainter pixels are paper texture, shadows, noise
 
 
-def _pillow():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise EffcnError("reading images needs Pillow; install it with "
-                         "pip install 'effcn[image]'.") from None
-    return Image
+def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Image file -> float32 array in [0, 1]: (H, W) for 1 channel, (H, W, 3) for colour.
 
-
-def read_image(path: str | Path, channels: int) -> np.ndarray:
-    """Image file -> float32 array in [0, 1]: (H, W) for 1 channel, (H, W, 3) for colour."""
-    Image = _pillow()
-    from PIL import UnidentifiedImageError
-    path = Path(path)
-    if not path.is_file():
-        raise EffcnError(f"image {path} does not exist; check the path.")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in CONVERTIBLE_MODES:
-                raise EffcnError(f"image {path} has mode {img.mode}, which effcn does not convert; "
-                                 f"save it as 8-bit greyscale or RGB (e.g. PNG mode L).")
-            if img.mode in ("LA", "RGBA", "P"):  # transparent pixels count as white paper
-                img = img.convert("RGBA")
-                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, img)
-            img = img.convert("L" if channels == 1 else "RGB")
-            return np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise EffcnError(f"{path} is not a readable image ({type(e).__name__}); pass a PNG or "
-                         f"JPEG file.") from None
+    The file is checked before it is decoded (:func:`~effcn.data.image_files.open_image`:
+    at most ``max_pixels`` pixels, one frame, a pixel format that converts to 8 bits)."""
+    return image_array(path, channels, max_pixels).astype(np.float32) / 255.0
 
 
 def _resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
     """Anti-aliased resize of a float image (H, W) or (H, W, 3) with Pillow's Lanczos filter."""
-    Image = _pillow()
+    Image = pillow()
     if a.ndim == 2:
         out = Image.fromarray(a.astype(np.float32), mode="F").resize((width, height),
                                                                     Image.LANCZOS)
@@ -106,17 +80,17 @@ def mnist_style(grey: np.ndarray, invert: bool | None = None, name: str = "the i
 
 
 def load_image(path: str | Path, size: int, channels: int, invert: bool | None = None,
-               preprocess: str = "none") -> torch.Tensor:
+               preprocess: str = "none", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Image file -> float tensor (channels, size, size) in [0, 1], as the model sees images.
 
     preprocess "none": the file must already be size x size (no silent resizing), and
     ``invert=True`` inverts it; "mnist": :func:`mnist_style` (1-channel models; a model larger
     than 28 x 28, e.g. the affNIST preset's 40 x 40, gets the digit centred on a black canvas);
-    "resize": converted and resized to size x size."""
+    "resize": converted and resized to size x size. ``max_pixels``: see :func:`read_image`."""
     if preprocess not in PREPROCESS:
         raise EffcnError(f"unknown preprocessing {preprocess!r}; choose one of "
                          f"{', '.join(PREPROCESS)}.")
-    a = read_image(path, channels)
+    a = read_image(path, channels, max_pixels)
     if preprocess == "mnist":
         if channels != 1 or size < MNIST_SIZE:
             raise EffcnError(f"MNIST-style preprocessing makes 28x28 greyscale digits, but the "

@@ -16,11 +16,15 @@ effcn model's own layers, and converted from Keras layouts:
 - digit_caps W (n_out, n_in, d_in, d_out) as it is; b (n_out, n_in, 1) -> (n_out, n_in).
 
 Every name kind and shape is checked before anything is written; a file that does not match the
-preset is refused with a CheckpointError naming the first mismatch.
+preset is refused with a CheckpointError naming the first mismatch. The model's sizes (classes,
+capsule dimensions, image size) come from the preset, never from the file, and each tensor's
+declared shape is checked against them before it is read: a file declaring huge tensors
+allocates nothing.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Tuple
 
@@ -102,16 +106,19 @@ def _names(attr) -> List[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in attr]
 
 
-def _read_group(f, group_name: str, path: Path) -> List[Tuple[str, np.ndarray]]:
-    """[(weight name, array)] of a Keras weights group, in its ``weight_names`` order."""
+def _read_group(f, group_name: str, path: Path) -> list:
+    """[(weight name, h5py dataset)] of a Keras weights group, in its ``weight_names`` order.
+
+    The datasets are not read here: :func:`_match` checks each declared shape and type against
+    the preset before reading it (a crafted file may declare terabytes in a few bytes)."""
     group = f[group_name]
     names = _names(group.attrs.get("weight_names", []))
     out = []
     for n in names:
-        if n not in group:
+        if n not in group or not hasattr(group[n], "shape"):
             raise CheckpointError(f"{path} lists weight {group_name}/{n} but does not contain it; "
                                   f"the file is damaged, download it again.")
-        out.append((n, np.asarray(group[n], dtype=np.float32)))
+        out.append((n, group[n]))
     return out
 
 
@@ -167,8 +174,18 @@ def _match(slots: List[Slot], tensors, state: dict, group: str, path: Path, pres
             raise CheckpointError(f"{path} tensor {group}/{name} is not the expected {kind} "
                                   f"{suffix} for {target}; this file belongs to another model, "
                                   f"use the preset it was trained with.")
-        value = convert(array)
         want = tuple(state[target].shape)
+        declared = tuple(int(d) for d in array.shape)  # from the header: nothing read yet
+        if np.dtype(array.dtype).kind not in "fiu":
+            raise CheckpointError(f"{path} tensor {group}/{name} holds {array.dtype} values, not "
+                                  f"numbers, for {target}; the file is damaged or not a Keras "
+                                  f"weights file.")
+        if math.prod(declared) != math.prod(want):
+            raise CheckpointError(f"{path} tensor {group}/{name} has shape {declared} but "
+                                  f"{target} of the {preset} preset is {want}; use the preset "
+                                  f"this file was trained with.")
+        array = np.asarray(array, dtype=np.float32)
+        value = convert(array)
         if tuple(value.shape) != want:
             raise CheckpointError(f"{path} tensor {group}/{name} has shape {array.shape}, which "
                                   f"gives {tuple(value.shape)} but {target} of the {preset} "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.image_files import MAX_PIXELS
 from ..errors import EffcnError
 from ..training.runs import OpenedRun, open_run
 
@@ -49,7 +50,7 @@ class PredictResult:
 
 def predict(run: str | Path | OpenedRun, images, checkpoint: str = "best",
             preprocess: str = "auto", invert: bool | None = None,
-            device: str = "cpu") -> PredictResult:
+            device: str = "cpu", max_pixels: int = MAX_PIXELS) -> PredictResult:
     """Classify ``images`` (a list of image file paths, or a tensor batch) with a run's
     ``checkpoint`` (best | last | a .pt path; or an already opened run).
 
@@ -57,6 +58,7 @@ def predict(run: str | Path | OpenedRun, images, checkpoint: str = "best",
     the ink, fit into 20x20, centre by mass in 28x28, as MNIST was made), resize, none (the file
     must be the model's size), auto (mnist for single-channel runs on digits, else resize).
     ``invert``: dark ink on a light background (None: detected by mnist, else not inverted).
+    ``max_pixels``: larger image files are refused from their header, before decoding.
     """
     opened = run if isinstance(run, OpenedRun) else open_run(run, checkpoint, device)
     model, config = opened.model, opened.config
@@ -65,7 +67,7 @@ def predict(run: str | Path | OpenedRun, images, checkpoint: str = "best",
         batch, names, preprocess = _tensor_batch(opened, images, preprocess, invert)
     else:
         preprocess = _preprocessing(opened, preprocess)
-        batch = _file_batch(opened, images, preprocess, invert)
+        batch = _file_batch(opened, images, preprocess, invert, max_pixels)
         names = [str(p) for p in images]
     # as the run's data were scaled (the authors' MNIST: x / 256, so 255 -> 0.996)
     batch = batch.to(opened.device) * (255.0 / config.data.pixel_divisor)
@@ -102,7 +104,8 @@ def _preprocessing(opened: OpenedRun, preprocess: str) -> str:
             and cfg.image_size >= 28 else "resize")
 
 
-def _file_batch(opened: OpenedRun, paths, preprocess: str, invert) -> torch.Tensor:
+def _file_batch(opened: OpenedRun, paths, preprocess: str, invert,
+                max_pixels: int) -> torch.Tensor:
     """Image files -> float (N, C, S, S) in [0, 1]; the model must take square images."""
     from ..data.user_images import load_image
     from ..models import input_shape
@@ -110,7 +113,8 @@ def _file_batch(opened: OpenedRun, paths, preprocess: str, invert) -> torch.Tens
     if height != width:
         raise EffcnError(f"predict takes square images, but model {opened.state['model_name']} "
                          f"takes {height}x{width} images; use effcn eval on its dataset instead.")
-    return torch.stack([load_image(p, height, channels, invert=invert, preprocess=preprocess)
+    return torch.stack([load_image(p, height, channels, invert=invert, preprocess=preprocess,
+                                    max_pixels=max_pixels)
                         for p in paths])
 
 

@@ -36,12 +36,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, EffcnError
+from ..errors import ConfigError, EffcnError, RunLocked
 from ..io import atomic_write_text, write_json
 from ..training.metrics import read_metrics
 from ..training.rundir import RunDir
 from ..training.config_io import load_config
-from .sweep_runs import SweepRun, format_value, overrides_for, run_command, run_env
+from .sweep_runs import (SweepRun, format_value, overrides_for, run_command, run_env,
+                         wait_for_writer)
 
 SEARCH_KEYS = {"sampler", "trials", "params", "pruner", "storage", "study", "seed",
                "startup_trials", "sampler_startup_trials", "warmup_epochs",
@@ -244,6 +245,10 @@ def train_trial(spec: dict, trial, threads: int) -> float:
     run_dir = RunDir(Path(spec["dir"]) / run.name)
     trial.set_user_attr("run", run.name)
     marker = {"study": spec["search"]["study"], "trial": trial.number, "params": params}
+    try:  # a retry whose first worker still trains the run waits for it, never trains beside it
+        wait_for_writer(run_dir)
+    except RunLocked as e:
+        raise TrialFailed(str(e)) from None
     if run_dir.summary_path.is_file():  # finished before its worker died
         value = run_dir.summary()["best_val_acc"]
         write_json(run_dir.path / "trial.json", {**marker, "state": "complete"})

@@ -30,12 +30,12 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunLocked
 from ..io import atomic_write_text
 from ..training.config_io import load_config, load_yaml
 from ..training.rundir import RunDir
 from .sweep_runs import (SweepRun, format_value, override, overrides_for, run_command, run_env,
-                         threads_per_run)
+                         threads_per_run, wait_for_writer)
 
 SWEEP_KEYS = {"base", "set", "grid", "random", "search", "seeds", "workers", "dir", "metric"}
 
@@ -126,8 +126,14 @@ def _random_combos(rand: dict, grid: list[dict]) -> tuple[list[dict], list[str]]
 
 
 def run_one(spec: dict, run: SweepRun, threads: int) -> tuple[SweepRun, str]:
-    """Train one run in its own process (skipped if finished, resumed if interrupted)."""
-    if RunDir(Path(spec["dir"]) / run.name).summary_path.is_file():
+    """Train one run in its own process (skipped if finished, resumed if interrupted; a run
+    that another process still writes is waited for, or fails naming that process)."""
+    run_dir = RunDir(Path(spec["dir"]) / run.name)
+    try:
+        wait_for_writer(run_dir)
+    except RunLocked as e:
+        return run, f"failed: {e}"
+    if run_dir.summary_path.is_file():
         return run, "skipped (finished)"
     cmd, status = run_command(spec, run)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env(threads))

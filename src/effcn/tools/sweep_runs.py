@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io import wait_for_run_lock
 from ..training.rundir import RunDir
+
+# How long a run's turn waits for another process still writing it (a retried trial whose first
+# worker lives on) before that run fails with the holder named; it is never trained twice.
+LOCK_WAIT_SECONDS = 300.0
 
 
 @dataclass
@@ -55,6 +60,12 @@ def threads_per_run(workers: int, threads: int | None = None) -> int:
 def run_env(threads: int) -> dict:
     """The environment of a run's process: this one's, with its thread count."""
     return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
+def wait_for_writer(run_dir: RunDir) -> None:
+    """Return once no process writes ``run_dir`` (its lock is free); RunLocked naming the
+    holder after LOCK_WAIT_SECONDS."""
+    wait_for_run_lock(run_dir.path, LOCK_WAIT_SECONDS)
 
 
 def run_command(spec: dict, run: SweepRun) -> tuple[list[str], str]:

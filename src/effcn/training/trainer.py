@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, EffcnError, Interrupted, Preempted, filesystem_error
-from ..io import read_json, write_json
+from ..errors import ConfigError, EffcnError, Interrupted, Preempted, RunLocked, filesystem_error
+from ..io import RunLock, read_json, write_json
 from . import distributed, fastpath
 from .callbacks import Callback, callbacks_from_config
 from .checkpoint import load_checkpoint, load_model_weights, save_checkpoint
@@ -166,8 +166,10 @@ class Trainer:
         Ctrl-C raises :class:`~effcn.errors.Interrupted` naming the epoch, the batch and the
         resume command; what is on disk stays whole (last.pt resumes exactly)."""
         self._wall_start, self._started = time.perf_counter(), datetime.now()
+        lock = RunLock(self.run_dir, enabled=self.is_main)  # one writer per run (rank 0's)
         try:
-            self.state = self._setup()
+            self._take_run_lock(lock)
+            self.state = self._setup(lock)
             try:
                 if self.resume:
                     restore(self.state, self.run, self.config, self.dist, self.device)
@@ -177,6 +179,8 @@ class Trainer:
             except BaseException as e:
                 self._emit_exception(e)
                 raise
+            finally:
+                lock.release()
             return distributed.broadcast_object(summary, self.dist)
         except KeyboardInterrupt:
             raise self._interrupted() from None
@@ -193,11 +197,23 @@ class Trainer:
                 gc.collect()
             distributed.shutdown(self.dist)
 
-    def _setup(self) -> TrainState:
+    def _take_run_lock(self, lock: RunLock) -> None:
+        """Rank 0 takes the run's lock; a refusal reaches every rank (none trains alone)."""
+        try:
+            lock.acquire()
+            refused = None
+        except RunLocked as e:
+            refused = str(e)
+        refused = distributed.broadcast_object(refused, self.dist)
+        if refused:
+            raise RunLocked(refused)
+
+    def _setup(self, lock: RunLock) -> TrainState:
         """The run's data, model, optimizer, schedule, EMA and step (training/state.py)."""
         try:
             return build_state(self.config, self.task, self.dist, self.device)
         except BaseException:
+            lock.release()
             # A run that failed before writing anything (missing data, ...) leaves no folder.
             if not self.resume and self.is_main and self.run_dir.is_dir() \
                     and not any(self.run_dir.iterdir()):
