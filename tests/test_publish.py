@@ -79,6 +79,17 @@ def test_the_card(tiny_run, published):
     assert "effcn eval THIS_FOLDER --set data.root=" in card
     assert f"| seed | {tiny_run.config.train.seed} " in card
     assert "## Data licence" in card and "yours: state it" in card
+    assert "| command | `not the effcn command (the Python API)" in card  # pytest trained it
+
+
+def test_the_card_gives_the_training_command(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run.path, tmp_path / "run")
+    env = json.loads((run / "env.json").read_text())
+    env["argv"] = ["/venv/bin/effcn", "train", "--config", "configs/mnist.yaml", "--set",
+                   "train.seed=7 "]
+    (run / "env.json").write_text(json.dumps(env))
+    card = (publish_run(run, tmp_path / "pub").folder / "README.md").read_text()
+    assert "| command | `effcn train --config configs/mnist.yaml --set 'train.seed=7 '` |" in card
 
 
 def test_eval_and_predict_on_the_folder_reproduce_the_run(tiny_run, published, tmp_path, capsys):

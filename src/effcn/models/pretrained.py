@@ -71,10 +71,11 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, class_names=(
     directory = Path(directory)
     check_output_folder(directory, force)
     names = [str(n) for n in class_names] or [str(i) for i in range(model.config.num_classes)]
-    config = {**(extra or {}), "format": FORMAT, "library_name": "effcn",
-              "effcn_version": __version__, "model_name": model.model_name,
-              "model_args": model_config_dict(model), "class_names": names,
-              "input_size": list(input_shape(model.config)), "pixel_divisor": float(pixel_divisor)}
+    config = {"format": FORMAT, "library_name": "effcn", "effcn_version": __version__,
+              "model_name": model.model_name, "model_args": model_config_dict(model),
+              "class_names": names, "input_size": list(input_shape(model.config)),
+              "pixel_divisor": float(pixel_divisor)}
+    config.update({k: v for k, v in (extra or {}).items() if k not in config})
     # contiguous copies on the CPU: safetensors refuses views and tensors sharing memory
     tensors = {k: v.detach().to("cpu", copy=True).contiguous()
                for k, v in model.state_dict().items()}

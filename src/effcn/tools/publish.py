@@ -104,12 +104,13 @@ def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: s
              f"- {opened.state['model_name']}"]
     front += ["datasets:", f"- {hub_id}"] if hub_id else []
     front += ["metrics:", "- accuracy", "---", ""]
-    cmd = ("effcn train " + " ".join(shlex.quote(a) for a in env["argv"][1:])
-           if env.get("argv") else "not recorded (no env.json)")
+    argv = env.get("argv") or []
+    cmd = ("effcn " + " ".join(shlex.quote(a) for a in argv[1:]) if argv[1:2] == ["train"]
+           else "not the effcn command (the Python API); config.json's run_config is its config")
     if opened.state.get("imported_from"):
         cmd = f"effcn import-keras {opened.state['imported_from']} (the authors' Keras weights)"
     body = [f"# {opened.state['model_name']} on {name}", "",
-            f"A capsule network (or baseline) trained with effcn {env.get('effcn', '')}".rstrip()
+            f"Trained with effcn {env.get('effcn', '')}".rstrip()
             + f"; published with effcn {__version__}.", "",
             "| | |", "|---|---|",
             f"| model | `{opened.state['model_name']}` ({count_parameters(opened.model):,} "
@@ -126,8 +127,8 @@ def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: s
             f"{' (with uncommitted changes)' if env.get('git_dirty') else ''} |", "",
             "## Test figure", ""]
     if figure:
-        body += [f"{figure['metric']} **{figure['acc']:.4f}** on {figure['images']} {name} test "
-                 f"images ({figure['precision']}; from {figure['source']}; checkpoint chosen "
+        body += [f"{figure['metric']} **{figure['acc']:.4f}** on the {figure['images']} test "
+                 f"images of {name} ({figure['precision']}; from {figure['source']}; checkpoint chosen "
                  f"on the {figure['selection']}).", ""]
     else:
         body += ["Not measured: this run has no test figure (no summary.json, no effcn eval "
