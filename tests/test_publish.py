@@ -249,6 +249,13 @@ def test_foreign_configs_are_refused_in_one_sentence(published, change, phrase):
         from_pretrained(published)
 
 
+def test_config_json_that_is_not_json_or_nested_too_deeply_is_refused(published):
+    for text in ("{not json", "[" * 100000 + "]" * 100000):
+        (published / "config.json").write_text(text)
+        with pytest.raises(ConfigError, match="is not valid JSON"):
+            from_pretrained(published)
+
+
 def test_a_pickle_in_place_of_the_weights_is_refused(published):
     torch.save({"x": torch.zeros(1)}, published / "model.safetensors")
     with pytest.raises(CheckpointError, match="is not a readable safetensors file"):

@@ -150,9 +150,9 @@ def read_config(folder: Path) -> dict:
                           f"folder's config.json is a few kilobytes, so it was not read.")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); re-create the folder with "
-                          f"effcn publish.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({str(e)[:120] or 'nested too deeply'}); "
+                          f"re-create the folder with effcn publish.") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_name"), str) \
             or not isinstance(config.get("model_args"), dict):
         raise ConfigError(f"{path} names no model (it needs \"model_name\" and a "
