@@ -75,6 +75,7 @@ def test_the_card(tiny_run, published):
     card = (published / "README.md").read_text()
     front = card.split("---")[1]
     assert "library_name: effcn" in front and "license: other" in front and "metrics:" in front
+    assert "pipeline_tag: image-classification" in front
     assert f"**{tiny_run.summary['test_acc']:.4f}**" in card
     assert "effcn eval THIS_FOLDER --set data.root=" in card
     assert f"| seed | {tiny_run.config.train.seed} " in card
@@ -138,6 +139,10 @@ def test_a_hub_id_is_downloaded_with_snapshot_download(published, monkeypatch):
     model = from_pretrained("someone/effcn-tiny")
     assert asked == ["someone/effcn-tiny"]
     assert _same_outputs(model, from_pretrained(published), _images())
+    (published / "model.safetensors").unlink()  # a Hub repository of something else
+    with pytest.raises(EffcnError, match="has no config.json and model.safetensors, so it is "
+                                         "not an effcn model"):
+        from_pretrained("someone/effcn-tiny")
 
 
 def test_a_hub_id_without_huggingface_hub_or_network_is_one_sentence(monkeypatch):
@@ -168,6 +173,11 @@ def test_pytorch_model_hub_mixin_reads_and_writes_the_folder(published, tmp_path
     assert _same_outputs(from_pretrained(tmp_path / "again"), loaded.model, _images())
     assert json.loads((tmp_path / "again" / "config.json").read_text())["class_names"] == \
         json.loads((published / "config.json").read_text())["class_names"]
+    config = json.loads((published / "config.json").read_text())
+    config["model_args"]["num_classes"] = 10**9
+    (published / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="larger than effcn allows"):
+        EffcnHubModel.from_pretrained(str(published))
 
 
 def test_torch_hub_load_from_the_repository(published):
@@ -283,3 +293,18 @@ def test_the_imported_keras_weights_publish_the_same_way(tmp_path, capsys):
     assert loaded.config["dataset"] == "smallnorb" and loaded.config["imported_from"] == str(h5)
     card = (tmp_path / "pub" / "README.md").read_text()
     assert "Not measured" in card and "effcn import-keras" in card and "smallNORB" in card
+
+
+def test_a_folder_saved_without_a_run_predicts(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("efficient_capsnet_tiny", num_classes=3)
+    save_pretrained(model, tmp_path / "plain", class_names=["a", "b", "c"], pixel_divisor=256.0)
+    opened = open_run(tmp_path / "plain", device="cpu")
+    assert opened.class_names == ["a", "b", "c"] and opened.config.data.pixel_divisor == 256.0
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    result = effcn.predict(opened, images)
+    with torch.no_grad():
+        expected = model.eval()(images.float() / 256.0).lengths
+    assert torch.allclose(torch.tensor([p.scores for p in result.predictions]), expected)
+    with pytest.raises(EffcnError, match="pretrained folder with one set of weights"):
+        open_run(tmp_path / "plain", checkpoint="last")

@@ -108,7 +108,7 @@ def load_pretrained(folder_or_hub_id: str | Path, device: str | torch.device = "
     folder = resolve_folder(folder_or_hub_id, revision)
     config = read_config(folder)
     model = build_model(config, folder / WEIGHTS_NAME)
-    load_weights(model, folder / WEIGHTS_NAME, device)
+    load_weights(model, folder / WEIGHTS_NAME)
     return Pretrained(model.to(device).eval(), config, folder)
 
 
@@ -132,7 +132,7 @@ def resolve_folder(folder_or_hub_id: str | Path, revision: str | None = None,
                          f"the Hugging Face Hub needs huggingface_hub: pip install "
                          f"'effcn[hub]'.") from None
     try:
-        return Path(huggingface_hub.snapshot_download(
+        folder = Path(huggingface_hub.snapshot_download(
             str(folder_or_hub_id), revision=revision,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"], **download_args))
     except Exception as e:  # noqa: BLE001  (the hub's errors are many: network, auth, not found)
@@ -140,6 +140,10 @@ def resolve_folder(folder_or_hub_id: str | Path, revision: str | None = None,
         raise EffcnError(f"could not download {folder_or_hub_id} from the Hugging Face Hub "
                          f"({reason}); check the id and the network, or download the folder "
                          f"and pass its path.") from None
+    if not is_pretrained_folder(folder):
+        raise EffcnError(f"the Hub repository {folder_or_hub_id} has no {CONFIG_NAME} and "
+                         f"{WEIGHTS_NAME}, so it is not an effcn model; check the id.")
+    return folder
 
 
 def read_config(folder: Path) -> dict:
@@ -203,30 +207,37 @@ def _as_tuples(value):
 
 
 def build_model(config: dict, weights: Path | None = None) -> torch.nn.Module:
-    """The network config.json describes (random weights; sizes already bounded by
-    read_config). It is first built on the meta device (no memory): its parameter count is
-    bounded and, given ``weights``, its tensor shapes must be those of the file's header."""
+    """The network config.json describes, with random weights, once ``check_model`` passed."""
+    check_model(config, weights)
+    args = {k: _as_tuples(v) for k, v in config["model_args"].items()}
+    model = create_model(config["model_name"], **args)
+    config["class_names"] = config.get("class_names") or \
+        [str(i) for i in range(model.config.num_classes)]
+    return model
+
+
+def check_model(config: dict, weights: Path | None = None) -> None:
+    """Build config.json's network on the meta device (no memory; its sizes already bounded
+    by read_config): its parameter count is bounded and, given ``weights``, its tensor names
+    and shapes must be those of the file's header."""
     name, args = config["model_name"], {k: _as_tuples(v) for k, v in config["model_args"].items()}
     try:
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in create_model(name, **args).state_dict().items()}
+            meta = create_model(name, **args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.json does not describe a valid {name!r} ({e}); re-create "
                           f"the folder with effcn publish.") from None
+    shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
     total = sum(math.prod(s) for s in shapes.values())
     if total > MAX_PARAMETERS:
         raise ConfigError(f"config.json describes a {name!r} of {total:,} numbers, more than "
                           f"effcn loads ({MAX_PARAMETERS:,}); do not use this folder.")
     if weights is not None:
         _check_shapes(shapes, weights)
-    names = config.get("class_names") or []
-    num_classes = args.get("num_classes")
-    if names and num_classes is not None and len(names) != num_classes:
+    names, num_classes = config.get("class_names") or [], meta.config.num_classes
+    if names and len(names) != num_classes:
         raise ConfigError(f"config.json lists {len(names)} class names for a model of "
                           f"{num_classes} classes; re-create the folder with effcn publish.")
-    model = create_model(name, **args)
-    config["class_names"] = names or [str(i) for i in range(model.config.num_classes)]
-    return model
 
 
 def _check_shapes(expected: dict[str, tuple], weights: Path) -> None:
@@ -261,10 +272,10 @@ def _header_shapes(weights: Path) -> dict[str, tuple]:
                               f"effcn publish.") from None
 
 
-def load_weights(model: torch.nn.Module, weights: Path, device="cpu") -> None:
+def load_weights(model: torch.nn.Module, weights: Path) -> None:
     """Load a safetensors file into ``model`` (names and shapes must match exactly)."""
     _check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, weights)
-    state = _safetensors().load_file(str(weights), device=str(device))
+    state = _safetensors().load_file(str(weights))
     model.load_state_dict(state)
 
 
@@ -320,8 +331,10 @@ def _hub_model_class():
             folder = resolve_folder(model_id, revision, cache_dir=cache_dir,
                                     force_download=force_download,
                                     local_files_only=local_files_only, token=token)
-            hub = cls(**read_config(folder))
-            load_weights(hub.model, folder / WEIGHTS_NAME, map_location)
+            config = read_config(folder)
+            check_model(config, folder / WEIGHTS_NAME)  # before anything is allocated
+            hub = cls(**config)
+            load_weights(hub.model, folder / WEIGHTS_NAME)
             return hub.to(map_location).eval()
 
         def _save_pretrained(self, save_directory) -> None:

@@ -99,7 +99,8 @@ def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: s
     dataset = config.data.dataset
     name, data_licence, hub_id = DATASETS.get(dataset, (dataset, "unknown: check", ""))
     env = read_json(run.env_path) if run.env_path.is_file() else {}
-    front = ["---", "library_name: effcn", f"license: {license}",
+    front = ["---", "library_name: effcn", "pipeline_tag: image-classification",
+             f"license: {license}",
              "tags:", "- capsule-networks", "- efficient-capsnet", "- image-classification",
              f"- {opened.state['model_name']}"]
     front += ["datasets:", f"- {hub_id}"] if hub_id else []
