@@ -293,6 +293,7 @@ def test_the_imported_keras_weights_publish_the_same_way(tmp_path, capsys):
     assert loaded.config["dataset"] == "smallnorb" and loaded.config["imported_from"] == str(h5)
     card = (tmp_path / "pub" / "README.md").read_text()
     assert "Not measured" in card and "effcn import-keras" in card and "smallNORB" in card
+    assert "The authors' trained Keras weights" in card and "Measure it" in card
 
 
 def test_a_folder_saved_without_a_run_predicts(tmp_path):

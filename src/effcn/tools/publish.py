@@ -105,14 +105,16 @@ def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: s
              f"- {opened.state['model_name']}"]
     front += ["datasets:", f"- {hub_id}"] if hub_id else []
     front += ["metrics:", "- accuracy", "---", ""]
-    argv = env.get("argv") or []
+    argv, imported = env.get("argv") or [], opened.state.get("imported_from")
     cmd = ("effcn " + " ".join(shlex.quote(a) for a in argv[1:]) if argv[1:2] == ["train"]
            else "not the effcn command (the Python API); config.json's run_config is its config")
-    if opened.state.get("imported_from"):
-        cmd = f"effcn import-keras {opened.state['imported_from']} (the authors' Keras weights)"
+    seed = f"{config.train.seed} (split seed {config.data.split_seed})"
+    origin = f"Trained with effcn {env.get('effcn', '')}".rstrip()
+    if imported:
+        cmd, seed = f"effcn import-keras {imported}", "not recorded (trained by the authors)"
+        origin = "The authors' trained Keras weights, imported with effcn import-keras"
     body = [f"# {opened.state['model_name']} on {name}", "",
-            f"Trained with effcn {env.get('effcn', '')}".rstrip()
-            + f"; published with effcn {__version__}.", "",
+            f"{origin}; published with effcn {__version__}.", "",
             "| | |", "|---|---|",
             f"| model | `{opened.state['model_name']}` ({count_parameters(opened.model):,} "
             f"parameters) |",
@@ -123,7 +125,7 @@ def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: s
             f"| input | {_input_line(opened)} |",
             f"| weights | {summary.get('weights', 'raw')}, epoch {opened.state['epoch']} |",
             f"| command | `{cmd}` |",
-            f"| seed | {config.train.seed} (split seed {config.data.split_seed}) |",
+            f"| seed | {seed} |",
             f"| git revision | {env.get('git_revision', 'not recorded')}"
             f"{' (with uncommitted changes)' if env.get('git_dirty') else ''} |", "",
             "## Test figure", ""]
@@ -134,8 +136,8 @@ def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: s
     else:
         body += ["Not measured: this run has no test figure (no summary.json, no effcn eval "
                  "report); measure it with the command below.", ""]
-    body += ["Reproduce it (the test set is rebuilt from config.json; point `data.root` at the "
-             "dataset's files):", "", "```",
+    body += [f"{'Reproduce' if figure else 'Measure'} it (the test set is rebuilt from "
+             "config.json; point `data.root` at the dataset's files):", "", "```",
              "pip install 'effcn[hub]'",
              f"effcn eval THIS_FOLDER --set data.root=/path/to/{dataset}", "```", "",
              "Use the weights:", "", "```python", "import effcn",
