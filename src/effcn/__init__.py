@@ -9,6 +9,8 @@ The public face; everything else lives in its layer (see the docs' architecture 
     effcn.predict(run_dir, images)          classify image files or a tensor batch
     effcn.open_run(run_dir)                 a run's model, config, class names and device
     effcn.RunDir(path)                      every path of a run directory
+    effcn.from_pretrained(folder_or_hub_id) a published model (config.json + model.safetensors)
+    effcn.save_pretrained(model, folder)    write one
 
 Names are imported on first use, so ``import effcn`` stays light.
 """
@@ -24,6 +26,8 @@ _PUBLIC = {
     "predict": "effcn.tools.predict",
     "open_run": "effcn.training.runs",
     "RunDir": "effcn.training.rundir",
+    "from_pretrained": "effcn.models.pretrained",
+    "save_pretrained": "effcn.models.pretrained",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -1,5 +1,5 @@
 """The ``effcn`` command line: train, eval, ensemble, predict, export, datasets, models, visualize,
-explore, runs, compare, sweep, import-keras, bench.
+explore, runs, compare, sweep, import-keras, publish, bench.
 
 Errors a user can cause (EffcnError) are printed as one sentence, without a traceback, and the
 command exits with status 2.
@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="smallnorb", help="smallnorb (default) | mnist | multimnist")
     p.add_argument("--out", required=True, help="folder to write (config.yaml, checkpoints/best.pt)")
     p.set_defaults(func=cmd_import_keras)
+
+    p = sub.add_parser("publish", help="write a run's weights as a Hugging Face Hub folder "
+                                       "(model.safetensors, config.json, README.md model card)")
+    p.add_argument("run", help="run directory (its best checkpoint), or an import-keras folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (empty or new)")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
+    p.add_argument("--license", default="other", help="the card's licence id for the weights "
+                   "(default: other; the data's licences are listed in the card)")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("models", help="list registered models with their parameter counts")
     p.set_defaults(func=cmd_models)
@@ -324,6 +333,16 @@ def cmd_import_keras(args) -> int:
     ckpt = write_imported_run(model, args.preset, out, args.h5)
     print(f"mapped all {len(mapping)} tensors of {args.h5} into {model.model_name}; "
           f"written: {ckpt}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from .tools.publish import publish_run
+    r = publish_run(args.run, args.out, args.force, args.license)
+    for path in r.files:
+        print(f"written: {path}")
+    figure = "no test figure (see the card)" if r.test_acc is None else f"test {r.test_acc:.4f}"
+    print(f"{r.folder}: {figure}; check it with: effcn eval {r.folder}")
     return 0
 
 
