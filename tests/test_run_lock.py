@@ -90,7 +90,7 @@ def test_waiting_for_a_lock_is_bounded_and_ends_when_the_holder_goes(tmp_path):
 
 
 def _quick_run(root: Path, runs: Path, name: str, epochs: int) -> Path:
-    from effcn.training.config import load_config
+    from effcn.training.config_io import load_config
     from effcn.training.trainer import Trainer
     Trainer(load_config(None, quick_overrides(root, runs, epochs=epochs, name=name)),
             quiet=True).fit()
