@@ -84,10 +84,11 @@ def _checked_config(run: RunDir, path: Path, state: dict) -> tuple[Config, str |
     return config_from_dict(load_yaml(run.config_path)), note  # announced this time
 
 
-def disagreement(run: RunDir, which: tuple[str, ...] = ("best",)) -> str | None:
+def disagreement(run: str | Path | RunDir, which: tuple[str, ...] = ("best",)) -> str | None:
     """The one sentence saying which of the run's checkpoints ``which`` (best, last, step)
     does not belong to it (another model, dataset or task than config.yaml's), or None when
     they agree; only the checkpoints' shapes are read (memory-mapped), not their weights."""
+    run = RunDir.open(run)
     config = config_from_dict(load_yaml(run.config_path), announce=False)
     for path in (getattr(run, name) for name in which):
         if path.is_file():
@@ -98,7 +99,7 @@ def disagreement(run: RunDir, which: tuple[str, ...] = ("best",)) -> str | None:
     return None
 
 
-def check_run_agrees(run: RunDir, which: tuple[str, ...] = ("best",)) -> None:
+def check_run_agrees(run: str | Path | RunDir, which: tuple[str, ...] = ("best",)) -> None:
     """``disagreement`` as a CheckpointError (e.g. before a run is resumed)."""
     refusal = disagreement(run, which)
     if refusal:
