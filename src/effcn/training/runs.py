@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EffcnError
+from ..errors import CheckpointError, EffcnError
 from ..models.pretrained import WEIGHTS_NAME, is_pretrained_folder, load_pretrained
-from ..errors import CheckpointError
 from .checkpoint import (check_belongs, check_compatible, checkpoint_disagreement,
                          class_names_of, load_checkpoint, model_from_state)
 from .config import Config
@@ -59,7 +58,7 @@ def open_run(run_or_checkpoint: str | Path, checkpoint: str = "best",
         return _open_pretrained(Path(run_or_checkpoint), checkpoint, dev, overrides)
     path = resolve_checkpoint(run_or_checkpoint, checkpoint)
     given = Path(run_or_checkpoint)
-    run = RunDir(given) if given.is_dir() else RunDir.of_checkpoint(path)
+    run = RunDir(given) if RunDir.is_run(given) else RunDir.of_checkpoint(path)
     state = load_checkpoint(path, map_location=dev)
     config, note = _checked_config(run, path, state)
     model = model_from_state(state, path).to(dev).eval()
