@@ -43,13 +43,16 @@ def swapped(runs, tmp_path, other: str, name: str = "best.pt"):
 COMMANDS = {"eval": lambda run: ["eval", run],
             "resume": lambda run: ["train", "--resume", run, "--quiet"],
             "export": lambda run: ["export", run, "--format", "torchscript"]}
+READERS = {"explore": lambda run: ["explore", run],
+           "visualize": lambda run: ["visualize", run],
+           "ensemble": lambda run: ["ensemble", run, run]}
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [*COMMANDS, *READERS])
 def test_a_cnns_best_pt_in_an_efficient_capsnet_run_is_refused(runs, tmp_path, capsys, command):
     run = swapped(runs, tmp_path, "cnn")
     before = snapshot(run)
-    code, out, err = effcn_in_process(COMMANDS[command](run), capsys)
+    code, out, err = effcn_in_process({**COMMANDS, **READERS}[command](run), capsys)
     best = run / "checkpoints" / "best.pt"
     assert_one_sentence_error(code, err, f"{best} holds a cnn_baseline_tiny trained on idx, but "
                                          f"{run / 'config.yaml'} describes efficient_capsnet_tiny "
@@ -111,6 +114,16 @@ def test_a_compatible_checkpoint_from_elsewhere_is_allowed_and_named(runs, tmp_p
     assert code == 0 and "note:" not in out
     from effcn.io import read_json
     assert "checkpoint_note" not in read_json(run / "eval" / "test_best.json")
+
+
+def test_a_checkpoint_outside_any_run_opens_as_before(runs, tmp_path, capsys):
+    """A .pt file with no config.yaml beside it: nothing to agree with; its own config is used."""
+    loose = tmp_path / "loose" / "model.pt"
+    loose.parent.mkdir()
+    shutil.copy(runs["cnn"] / "checkpoints" / "best.pt", loose)
+    code, out, err = effcn_in_process(["eval", loose], capsys)
+    assert code == 0, err
+    assert "[model.pt, epoch 1" in out and "note:" not in out
 
 
 @pytest.mark.parametrize("other, message", [
