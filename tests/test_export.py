@@ -168,6 +168,8 @@ def test_one_sentence_errors(tiny_run, tmp_path, capsys, monkeypatch):
     config = {**state["config"], "model": {"name": "cnn_baseline_tiny", "args": {}}}
     save_checkpoint(cnn / "checkpoints" / "best.pt",
                     checkpoint_state(model, config, 1, state["class_names"]))
+    from effcn.training.config_io import save_yaml
+    save_yaml(config, cnn / "config.yaml")  # a run's files agree (tests/test_run_agreement.py)
     code, _, err = effcn_in_process(["export", cnn, "--format", "torchscript", "--decoder"],
                                     capsys)
     assert_one_sentence_error(code, err, "has no decoder to export")

@@ -231,9 +231,12 @@ def cmd_eval(args) -> int:
                                     side_by_side, write_eval_figures)
     prepared = prepare_run_evaluation(args.run, args.checkpoint, args.split, args.overrides)
     r = evaluate_prepared(prepared, amp=args.amp, affnist=not args.no_affnist)
+    used = prepared.checkpoint if prepared.note else prepared.checkpoint.name  # from elsewhere
     print(f"{r['dataset']} {args.split}: {r['metric']} {r['acc']:.4f} on {r['evaluated_on']}, "
-          f"loss {r['loss']:.4f} [{prepared.checkpoint.name}, epoch {r['epoch']}, "
+          f"loss {r['loss']:.4f} [{used}, epoch {r['epoch']}, "
           f"{r['precision']}]" + (f" -- {r['selection']}" if "selection" in r else ""))
+    if "checkpoint_note" in r:
+        print(f"note: {r['checkpoint_note']}")
     print("per class: " + "  ".join(f"{k}:{v:.4f}" for k, v in r["per_class_acc"].items()))
     if "side_by_side" in r:
         print(side_by_side(r["side_by_side"]))

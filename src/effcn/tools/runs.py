@@ -1,7 +1,9 @@
 """``effcn runs DIR``: the run directories under DIR as a table.
 
 A run directory is any folder with a config.yaml; finished runs are read from summary.json,
-unfinished ones from the epoch records of metrics.jsonl.
+unfinished ones from the epoch records of metrics.jsonl. A run whose best.pt does not belong to
+it (another model, dataset or task than config.yaml's) is flagged: its status says so and the
+sentence is printed under the table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def run_row(run_dir: Path, root: Path) -> dict:
-    """name, dataset, model, epochs (done/planned), best val acc, test acc, seconds, status."""
+    """name, dataset, model, epochs (done/planned), best val acc, test acc, seconds, status,
+    disagreement (why best.pt does not belong to the run, or None)."""
     from ..training.config_io import load_yaml
     from ..training.metrics import read_metrics
     run = RunDir(run_dir)
@@ -48,7 +51,19 @@ def run_row(run_dir: Path, root: Path) -> dict:
                        best_val_acc=s.get("best_val_acc", row["best_val_acc"]))
             if s.get("wall_seconds") and not s.get("resumed"):
                 row["seconds"] = s["wall_seconds"]
+    row["disagreement"] = _disagreement(run)
+    if row["disagreement"]:
+        row["status"] += "; best.pt is not this run's"
     return row
+
+
+def _disagreement(run: RunDir) -> str | None:
+    """Why the run's best.pt does not belong to it (an unreadable one counts), or None."""
+    from ..training.runs import disagreement
+    try:
+        return disagreement(run)
+    except EffcnError as e:
+        return str(e)
 
 
 def list_runs(root: str | Path) -> list[dict]:
@@ -73,4 +88,5 @@ def format_table(rows: list[dict]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
              for line in (head, *body)]
+    lines += [f"{r['name']}: {r['disagreement']}" for r in rows if r.get("disagreement")]
     return "\n".join(lines)

@@ -97,11 +97,14 @@ def apply_overrides(config: Config, overrides: list[str] = ()) -> Config:
     return config
 
 
-def config_from_dict(data: dict) -> Config:
+def config_from_dict(data: dict, announce: bool = True) -> Config:
     """Rebuild a Config from ``Config.to_dict()`` output (e.g. a checkpoint's, a run's
-    config.yaml), of this version or an earlier one."""
+    config.yaml), of this version or an earlier one; ``announce=False``: without the line
+    about an earlier version's fields (a config read only to be compared)."""
     config = Config()
-    _announce([apply_dict(config, data, source="saved config")])
+    note = apply_dict(config, data, source="saved config")
+    if announce:
+        _announce([note])
     validate(config)
     return config
 

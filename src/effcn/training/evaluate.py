@@ -21,6 +21,7 @@ import torch
 from ..errors import EffcnError
 from ..io import write_json
 from . import fastpath
+from .rundir import RunDir
 from .runs import OpenedRun, open_run
 from .splits import TEST_SELECTED, load_eval_split
 from .tasks import Batch, EvalSet, Task, task_for
@@ -231,6 +232,8 @@ def evaluate_prepared(e: RunEvaluation, amp: str = "off", affnist: bool = True) 
     report = {"checkpoint": str(e.checkpoint), "epoch": e.state["epoch"], "split": e.split,
               "dataset": e.config.data.dataset, "task": e.task.name, "metric": e.task.metric,
               "precision": fastpath.precision_name(amp_dtype), **e.eval_set.describe(), **result}
+    if e.note:  # a checkpoint from elsewhere, evaluated with the run's config
+        report["checkpoint_note"] = e.note
     if e.config.data.protocol == "authors":  # the checkpoint was chosen on the test split
         report["selection"] = TEST_SELECTED
     if e.split == "test" and affnist and wants_affnist(e.model):
@@ -270,9 +273,11 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                  device: str = "auto", write: bool = True) -> dict:
     """Evaluate a run's checkpoint on ``split`` and return the report.
 
-    The report: checkpoint, epoch, split, dataset, task, metric, precision, images (and how
-    MultiMNIST pairs were drawn), loss, margin, recon, acc, per_class_acc, and for 40x40 MNIST
-    models on the test split the affNIST side (affnist_acc, affnist_set, ..., and side_by_side:
+    The report: checkpoint (the file evaluated; checkpoint_note when it is not the run's own
+    but a compatible one from elsewhere, evaluated with the run's config), epoch, split,
+    dataset, task, metric, precision, images (and how MultiMNIST pairs were drawn), loss,
+    margin, recon, acc, per_class_acc, and for 40x40 MNIST models on the test split the
+    affNIST side (affnist_acc, affnist_set, ..., and side_by_side:
     the two test sets as columns {"name", "acc", "images", "per_class_acc"}); evaluated_on: the
     task's words for the set (Task.describe_eval_set). ``amp``: off (fp32, the default, as the
     summary's test), bf16 or auto. With ``write``, the report is saved as
@@ -286,7 +291,9 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
 
 
 def save_report(e: RunEvaluation, report: dict) -> Path:
-    """Write ``report`` as RUN/eval/<split>_<checkpoint>.json (atomically); returns the path."""
-    path = e.run.eval_report_path(e.split, e.checkpoint)
+    """Write ``report`` as RUN/eval/<split>_<checkpoint>.json (atomically); returns the path.
+    A checkpoint from elsewhere is <split>_<its run>-<checkpoint>.json: never the run's own."""
+    path = e.run.eval_report_path(e.split, e.checkpoint if e.note is None else
+                                  f"{RunDir.of_checkpoint(e.checkpoint).name}-{e.checkpoint.name}")
     write_json(path, report)
     return path

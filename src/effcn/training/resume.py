@@ -16,6 +16,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from .metrics import read_metrics, truncate_metrics
 from .rundir import RunDir
+from .runs import check_run_agrees
 from .state import TrainState
 
 
@@ -26,12 +27,15 @@ def cannot_resume(run: RunDir) -> EffcnError:
 
 
 def resumable_run(path: str | Path | RunDir) -> RunDir:
-    """The run directory to continue, checked before anything is loaded: the one clear error
-    when the folder holds no checkpoint at all, or is no run directory."""
+    """The run directory to continue, checked before anything is written: the one clear error
+    when the folder holds no checkpoint at all, is no run directory, or holds a checkpoint
+    (last.pt, step.pt, best.pt) that does not belong to it (training/runs.py disagreement)."""
     run = path if isinstance(path, RunDir) else RunDir(path)
     if run.path.is_dir() and not run.last.is_file() and not run.step.is_file():
         raise cannot_resume(run)
-    return RunDir.open(run)
+    run = RunDir.open(run)
+    check_run_agrees(run, ("last", "step", "best"))
+    return run
 
 
 def resume_checkpoint(run: RunDir, model_name: str,
