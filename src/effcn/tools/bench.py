@@ -161,6 +161,48 @@ class EffcnContender:
                                                              self.s.batch_size)))
 
 
+# Operators that only make or reshape tensor metadata (no kernel reads or writes memory).
+METADATA_OPS = frozenset(f"aten::{name}" for name in (
+    "view", "_unsafe_view", "reshape", "expand", "expand_as", "as_strided", "t", "transpose",
+    "permute", "unsqueeze", "squeeze", "select", "slice", "narrow", "split", "split_with_sizes",
+    "chunk", "unbind", "detach", "alias", "lift_fresh", "resolve_conj", "resolve_neg",
+    "contiguous", "empty", "empty_like", "empty_strided", "to", "_to_copy_noop", "flatten",
+    "unflatten", "view_as", "numpy_T", "result_type", "is_nonzero", "_has_compatible_shallow_copy_type",
+    "set_", "size", "stride", "dim", "item", "_local_scalar_dense_noop"))
+
+
+def count_kernels(fn) -> int:
+    """How many kernels one call of ``fn()`` dispatches, counted with torch.profiler on the CPU.
+
+    The count: top-level ``aten::`` operators (those not called from inside another aten
+    operator; autograd's backward nodes run theirs at top level too) whose call reaches at least
+    one operator that is not in :data:`METADATA_OPS`, i.e. that runs a kernel rather than only
+    making a view, an empty tensor or a no-op conversion. One fused operator (e.g.
+    ``aten::_fused_adam_`` over every parameter) counts once. On CUDA each such operator
+    launches about one kernel; this is the launch-bound cost a CUDA graph removes.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    runs_kernel: dict[int, bool] = {}
+    for e in events:  # a parent is listed before its children: walk children up to the root
+        if e.name not in METADATA_OPS:
+            node = e
+            while node is not None and node.name.startswith("aten::"):
+                runs_kernel[id(node)] = True
+                node = node.cpu_parent
+    return sum(1 for e in events
+               if (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+               and runs_kernel.get(id(e), False))
+
+
+def kernels_per_step(contender: "EffcnContender") -> int:
+    """:func:`count_kernels` of one warmed-up training step of ``contender``."""
+    contender.train_step()
+    return count_kernels(contender.train_step)
+
+
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """(MiB, what it is): CUDA's peak allocated memory, or the process's peak RSS on CPU."""
     if device.type == "cuda":
