@@ -61,7 +61,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     """An autocast context for ``dtype`` on ``device`` (a no-op context for None)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    # A CUDA graph must not keep autocast's cached weight copies (they are made per call).
+    from .cuda_graph import capturing  # (fastpath is imported by cuda_graph's users first)
+    return torch.autocast(device_type=device.type, dtype=dtype,
+                          cache_enabled=not (device.type == "cuda" and capturing()))
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

@@ -294,6 +294,7 @@ class Trainer:
             sums = mid["sums"] if isinstance(mid["sums"], torch.Tensor) \
                 else mid["sums"][self.dist.rank]
             sums = sums.to(self.device)
+        aug_g, sums = s.begin_epoch(aug_g, sums)  # under train.cuda_graph: the graph's own
         bar = self._progress(s.steps_per_epoch, epoch)
         if bar is not None:
             bar.update(first)
@@ -302,16 +303,13 @@ class Trainer:
         for step in range(first, s.steps_per_epoch):
             self.position = (epoch, step)
             idx = distributed.shard(order[step * bs:(step + 1) * bs], self.dist)
-            row = s.step(self.task.train_batch(idx, aug_g))
+            row = s.train_step(idx, aug_g, sums)  # batch, step, EMA and sums
             if row is None:
                 s.skipped_steps += 1
                 continue
-            if s.ema is not None:
-                s.ema.update(s.model)
             lr = s.optimizer.param_groups[0]["lr"]
             if s.per_batch_schedule:
                 s.scheduler.step()
-            sums += torch.cat([row * len(idx), row.new_tensor([len(idx)])])
             pending.append((step, lr, row))
             if len(pending) == cfg.train.log_every:
                 flushed_at = self._flush(log, epoch, pending, bar, flushed_at)
