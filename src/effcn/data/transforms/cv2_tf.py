@@ -53,7 +53,7 @@ def cv2_rotate_whole_degrees(images: torch.Tensor, angle: torch.Tensor,
         _BANKS[key] = cv2_rotation_taps(every, h, w, images.device, images.dtype)
     index, weights = _BANKS[key]
     row = (angle.to(images.device).long() + max_degrees).clamp(0, 2 * max_degrees)
-    return sample_taps(images, index[row], weights[row])
+    return sample_taps(images, index.index_select(0, row), weights.index_select(0, row))
 
 
 def cv2_rotation_taps(angle: torch.Tensor, h: int, w: int, device: torch.device,
