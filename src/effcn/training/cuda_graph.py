@@ -78,7 +78,11 @@ class GraphedStep:
 
     def __init__(self, step, ema, batch_size: int, device: torch.device,
                  warmup: int = WARMUP_STEPS):
-        self.step, self.ema, self.batch_size, self.warmup = step, ema, batch_size, warmup
+        # At least one eager step first: it makes the optimizer state, the learning-rate tensors
+        # and the augmentation's tables, which a capture must find (made inside, a replay would
+        # reset them).
+        self.step, self.ema, self.batch_size = step, ema, batch_size
+        self.warmup = max(1, warmup)
         self.generator = torch.Generator(device=device)
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.sums: torch.Tensor | None = None
