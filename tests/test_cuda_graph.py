@@ -168,3 +168,38 @@ def test_a_resumed_graph_run_equals_an_uninterrupted_one(synthetic_root, tmp_pat
     b = load_checkpoint(half.run.last, map_location="cpu")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+def test_evaluation_at_a_fixed_batch_shape_counts_only_the_real_images():
+    from effcn.training.evaluate import evaluate
+    from effcn.training.tasks.classification import ImageSet
+    c = contender()
+    subset = ImageSet(c.data.images[:21], c.data.labels[:21])  # batches of 8, 8 and 5
+    plain = evaluate(c.model, c.task, subset, batch_size=8, predictions=True)
+    padded = evaluate(c.model, c.task, subset, batch_size=8, predictions=True, fixed_shape=True)
+    shapes = []
+    evaluate(c.model, c.task, subset, batch_size=8, fixed_shape=True,
+             forward=lambda x, y, dtype: shapes.append(tuple(x.shape)) or c.model(x, y))
+    assert shapes == [(8, 1, 28, 28)] * 3
+    assert padded["images"] == plain["images"] == 21
+    assert torch.equal(padded["predictions"], plain["predictions"])
+    torch.testing.assert_close(padded["lengths"], plain["lengths"])
+    for k in ("loss", "margin", "recon", "acc"):
+        assert padded[k] == pytest.approx(plain[k], rel=1e-5)
+
+
+@cuda_only
+def test_a_graph_captured_evaluation_equals_the_eager_one():
+    from effcn.training.cuda_graph import GraphedForward
+    from effcn.training.evaluate import evaluate
+    from effcn.training.tasks.classification import ImageSet
+    c = contender("cuda")
+    subset = ImageSet(c.data.images[:21], c.data.labels[:21])
+    eager = evaluate(c.model, c.task, subset, batch_size=8, predictions=True)
+    graphed = GraphedForward(c.model)
+    for _ in range(2):  # captured once, replayed after
+        again = evaluate(c.model, c.task, subset, batch_size=8, predictions=True,
+                         forward=graphed)
+        torch.testing.assert_close(again["lengths"], eager["lengths"])
+        assert again["acc"] == pytest.approx(eager["acc"])
+    assert len(graphed.graphs) == 1  # one shape: the last batch was padded

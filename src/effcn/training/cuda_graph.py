@@ -125,3 +125,37 @@ class GraphedStep:
         with torch.cuda.graph(graph):
             self.row = self.step.train(self.idx, self.generator, self.sums, self.ema)
         self.graph = graph
+
+
+class GraphedForward:
+    """An evaluation forward of ``model`` (fastpath.forward, no gradients) captured per input
+    shape and replayed: ``graphed(x, y, amp_dtype)`` returns the graph's own output tensors,
+    which the next call overwrites (training/evaluate.py consumes each batch's before that).
+    Batches of a fixed shape (evaluate's ``fixed_shape``) need one graph per precision."""
+
+    def __init__(self, model):
+        self.model = model
+        self.graphs = {}  # (x shape, y shape or None, dtype) -> (graph, x, y, output)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None, amp_dtype):
+        from .fastpath import forward
+        key = (tuple(x.shape), None if y is None else tuple(y.shape), amp_dtype)
+        if key not in self.graphs:
+            static_x = x.clone()
+            static_y = None if y is None else y.clone()
+            side = torch.cuda.Stream()  # one eager warm-up on a side stream, then the capture
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                forward(self.model, static_x, static_y, amp_dtype)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = forward(self.model, static_x, static_y, amp_dtype)
+            self.graphs[key] = (graph, static_x, static_y, out)
+        graph, static_x, static_y, out = self.graphs[key]
+        static_x.copy_(x)
+        if static_y is not None:
+            static_y.copy_(y)
+        graph.replay()
+        return out

@@ -15,7 +15,7 @@ import torch
 from ..models import create_model
 from . import distributed, fastpath
 from .checkpoint import checkpoint_state
-from .cuda_graph import GraphedStep, use_cuda_graph
+from .cuda_graph import GraphedForward, GraphedStep, use_cuda_graph
 from .ema import EMA
 from .optim import build_optimizer, build_schedule
 from .splits import Split, load_train_val
@@ -67,6 +67,16 @@ class TrainState:
     seconds_before: float = 0.0
     fit_started: float | None = None
     graph: GraphedStep | None = None  # train.cuda_graph: the step captured and replayed
+    eval_graphs: dict = field(default_factory=dict)  # id(model) -> its GraphedForward
+
+    def eval_forward(self, model) -> GraphedForward | None:
+        """What evaluates ``model`` (evaluate's ``forward``): graph-captured under
+        train.cuda_graph, else None (the eager forward)."""
+        if self.graph is None:
+            return None
+        if id(model) not in self.eval_graphs:
+            self.eval_graphs[id(model)] = GraphedForward(model)
+        return self.eval_graphs[id(model)]
 
     def begin_epoch(self, generator: torch.Generator, sums: torch.Tensor):
         """(generator, sums) the epoch's steps use: the graph's own when it is captured."""

@@ -351,15 +351,18 @@ class Trainer:
     # ---------------------------------------------------------- evaluation
     def evaluate_val(self) -> dict:
         """Validation figures in the training precision (they only rank the epochs)."""
-        return evaluate(self.state.eval_model, self.task, self.task.val_set(),
-                        self.config.train.eval_batch_size, self.state.amp_dtype)
+        s = self.state
+        return evaluate(s.eval_model, self.task, self.task.val_set(),
+                        self.config.train.eval_batch_size, s.amp_dtype,
+                        forward=s.eval_forward(s.eval_model))
 
     def evaluate_test(self, model) -> dict:
         """The test split in the test precision (train.test_amp; fp32 by default)."""
         if self.test_set is None:
             self.test_set = self.task.eval_set(load_test(self.config, self.device), "test")
         return evaluate(model, self.task, self.test_set, self.config.train.eval_batch_size,
-                        fastpath.amp_dtype(self.config.train.test_amp, self.device))
+                        fastpath.amp_dtype(self.config.train.test_amp, self.device),
+                        forward=self.state.eval_forward(model))
 
     # ------------------------------------------------- logging and stopping
     def _flush(self, log: MetricsLog | None, epoch: int, pending: list, bar,
