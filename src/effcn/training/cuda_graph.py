@@ -1,7 +1,7 @@
 """The whole training step as one CUDA graph (``train.cuda_graph``: auto | on | off).
 
 On a GPU a step of the paper's model at batch 16 launches hundreds of small kernels and leaves
-the device idle most of the time (issue 25: 1 ms busy out of 12). :class:`GraphedStep` captures
+the device idle most of the time (on an H200: busy about 1 ms out of 12). :class:`GraphedStep` captures
 :meth:`TrainStep.train <effcn.training.step.TrainStep.train>` -- batch composition and
 augmentation from the device-resident uint8 data and an index tensor, forward, the task's loss,
 backward, the optimizer step (:class:`~effcn.training.optim.CapturableAdam`: step count, learning
@@ -25,13 +25,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from .fastpath import forward
 
 WARMUP_STEPS = 3  # eager steps before the capture (cuDNN/cuBLAS choose their algorithms there)
-
-
-def capturing() -> bool:
-    """Whether a CUDA graph is being captured on the current stream (False without CUDA)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def graph_refusal(config, device: torch.device, dist=None) -> str | None:
@@ -139,7 +135,6 @@ class GraphedForward:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None, amp_dtype):
-        from .fastpath import forward
         key = (tuple(x.shape), None if y is None else tuple(y.shape), amp_dtype)
         if key not in self.graphs:
             static_x = x.clone()

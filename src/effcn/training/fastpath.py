@@ -62,9 +62,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     # A CUDA graph must not keep autocast's cached weight copies (they are made per call).
-    from .cuda_graph import capturing  # (fastpath is imported by cuda_graph's users first)
     return torch.autocast(device_type=device.type, dtype=dtype,
                           cache_enabled=not (device.type == "cuda" and capturing()))
+
+
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .cuda_graph import capturing
+from .fastpath import capturing
 
 
 def build_optimizer(config, params, capturable: bool = False) -> torch.optim.Optimizer:
