@@ -85,7 +85,16 @@ def test_capturable_adam_matches_the_fused_keras_adam_and_swaps_state_dicts():
     assert saved["keras_step"] == 30 and saved["eps"] == pytest.approx(a.param_groups[0]["eps"])
     again = keras_epsilon(torch.optim.Adam(fused, lr=1e-3, eps=1e-7, fused=True))
     again.load_state_dict(b.state_dict())  # a graph run's checkpoint resumes eagerly
-    assert again.param_groups[0]["keras_step"] == 30
+    group = again.param_groups[0]
+    assert group["keras_step"] == 30 and group["fused"] and not group["capturable"]
+    graph_again = CapturableAdam(graph, lr=1e-3, eps=1e-7)
+    graph_again.load_state_dict(a.state_dict())  # and an eager run's resumes as a graph run
+    for opt in (a, graph_again):
+        for p, g in zip(opt.param_groups[0]["params"], grads):
+            p.grad = g.clone()
+    before = [p.detach().clone() for p in graph]
+    graph_again.step()
+    assert all(not torch.equal(p, q) for p, q in zip(before, graph))
 
 
 def test_a_schedules_new_learning_rate_takes_effect_without_rebuilding_the_step():
@@ -203,3 +212,27 @@ def test_a_graph_captured_evaluation_equals_the_eager_one():
         torch.testing.assert_close(again["lengths"], eager["lengths"])
         assert again["acc"] == pytest.approx(eager["acc"])
     assert len(graphed.graphs) == 1  # one shape: the last batch was padded
+
+
+def test_a_resumed_run_of_the_capturable_step_equals_an_uninterrupted_one(synthetic_root,
+                                                                            tmp_path, monkeypatch):
+    """What a graph run replays (CapturableAdam, EMA, TrainStep.train), eagerly on the CPU:
+    stopping after epoch 1 and resuming gives bit for bit the uninterrupted run's weights."""
+    from effcn.training import state
+    from effcn.training.checkpoint import load_checkpoint
+    build = state.build_optimizer
+    monkeypatch.setattr(state, "build_optimizer",
+                        lambda config, params, capturable=False: build(config, params, True))
+    base = quick_overrides(synthetic_root, tmp_path, epochs=2) + ["train.ema_decay=0.9",
+                                                                  "train.amp=off"]
+    whole = Trainer(load_config(None, base + ["run.name=whole"]), quiet=True)
+    whole.fit()
+    assert isinstance(whole.optimizer, CapturableAdam)
+    half = Trainer(load_config(None, base + ["run.name=half", "train.epochs=1"]), quiet=True)
+    half.fit()
+    Trainer(load_config(None, base + ["run.name=half"]), run_dir=half.run_dir, resume=True,
+            quiet=True).fit()
+    a = load_checkpoint(whole.run.last, map_location="cpu")
+    b = load_checkpoint(half.run.last, map_location="cpu")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])

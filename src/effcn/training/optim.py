@@ -84,7 +84,9 @@ class CapturableAdam(torch.optim.Adam):
         return {**super().__getstate__(), "decoupled": self.decoupled, "keras_eps": self.keras_eps}
 
     def __setstate__(self, state: dict) -> None:
-        self.decoupled, self.keras_eps = state.pop("decoupled"), state.pop("keras_eps")
+        # (load_state_dict passes only state and param_groups: then the flags stay as they are)
+        self.decoupled = state.pop("decoupled", getattr(self, "decoupled", False))
+        self.keras_eps = state.pop("keras_eps", getattr(self, "keras_eps", True))
         super().__setstate__(state)
         self._lr = {}
 
@@ -93,6 +95,9 @@ class CapturableAdam(torch.optim.Adam):
         keeps them (read from the device: checkpoints only), so the fused Adam resumes it."""
         state = super().state_dict()
         for group, saved in zip(self.param_groups, state["param_groups"]):
+            # Loading a state dict sets these flags in the loading optimizer: save the eager
+            # default's (optim.fused), so an eager resume of a graph run keeps the fused kernel.
+            saved.update(capturable=False, foreach=None, fused=True)
             with_grad = [p for p in group["params"] if "step" in self.state[p]]
             if with_grad and self.keras_eps:
                 t = int(self.state[with_grad[0]]["step"].item())
