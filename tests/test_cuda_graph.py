@@ -236,3 +236,17 @@ def test_a_resumed_run_of_the_capturable_step_equals_an_uninterrupted_one(synthe
     b = load_checkpoint(half.run.last, map_location="cpu")
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+@cuda_only
+def test_the_graph_launches_a_step_at_once():
+    from effcn.tools.bench import device_profile
+    figures = {}
+    for graph in (False, True):
+        c = EffcnContender(BenchSettings(model="efficient_capsnet_tiny", batch_size=8, steps=1,
+                                         eval_images=8, device="cuda", cuda_graph=graph))
+        for _ in range(5):
+            c.train_step()
+        figures[graph] = device_profile(c.train_step)
+    assert figures[False]["kernels_per_step"] > 50 and figures[True]["kernels_per_step"] > 50
+    assert figures[True]["launches_per_step"] < 10 < figures[False]["launches_per_step"]

@@ -223,12 +223,15 @@ def device_profile(fn, steps: int = 5) -> dict:
     call, launch calls per call (cudaLaunchKernel and friends; a graph replay is one
     cudaGraphLaunch) and the busy fraction (the kernels' summed time over the wall time)."""
     from torch.profiler import ProfilerActivity, profile
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
             fn()
-        torch.cuda.synchronize()
+        sync()
         wall_us = (time.perf_counter() - t0) * 1e6
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     launches = [e for e in prof.events() if e.name in ("cudaLaunchKernel", "cuLaunchKernel",
