@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check (benchmarks/gpu_check.py): seconds per epoch at batch 16 and 256 (eager, compiled,
-# CUDA graphs), peak memory, time to 99.6% MNIST test accuracy. Under 8 minutes on a lent GPU:
-#   EFFCN_DATA=.devdata bash benchmarks/gpu_check.sh --out $OUT/gpu_check.json
+# The GPU check (benchmarks/gpu_check.py): effcn eager vs the whole-step CUDA graph at batch 16,
+# 32 and 256 (seconds per epoch, peak memory, kernels per step, busy fraction), time to 99.6%
+# validation-selected test accuracy, configs/mnist_long_cpu.yaml end to end, effcn sweep
+# --workers N against one seed, the two public ports (.devdata/peers/). Under 8 minutes:
+#   EFFCN_DATA=.devdata bash benchmarks/gpu_check.sh --out $OUT/gpu_check.json > $OUT/gpu_check.log
 # On any machine: bash benchmarks/gpu_check.sh --smoke --data-root DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."

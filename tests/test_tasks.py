@@ -136,10 +136,14 @@ def test_bench_uses_the_configured_optimizer(tmp_path):
     assert any(not torch.equal(a, p) for a, p in zip(before, c.model.parameters()))
 
 
+@pytest.mark.parametrize("optimizer", ["fused", "capturable"])
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_path, monkeypatch):
-    """Composing a batch and the step itself read no value back to the host (no .item(), no
-    bool() of a tensor): the loop syncs only when it flushes its log (train.log_every)."""
+def test_a_training_step_never_waits_for_the_device(task, optimizer, synthetic_root, tmp_path,
+                                                    monkeypatch):
+    """The whole step (TrainStep.train: composing the batch, forward, loss, backward, the
+    optimizer -- the fused Adam with its Keras-epsilon hook, or the CapturableAdam a CUDA graph
+    replays --, the EMA update and the running sums) reads no value back to the host (no
+    .item(), no bool() of a tensor): the loop syncs only when it flushes its log."""
     monkeypatch.setattr(MultiMNIST, "sha256", {})  # the synthetic digits are not MNIST's
     monkeypatch.setattr(MNISTNumbers, "sha256", {})
     inside, reads = [False], []
@@ -162,12 +166,19 @@ def test_a_training_step_never_waits_for_the_device(task, synthetic_root, tmp_pa
                 inside[0] = outer
         return call
 
+    from effcn.training import state
     from effcn.training.step import TrainStep
-    monkeypatch.setattr(TrainStep, "__call__", watched(TrainStep.__call__))
+    monkeypatch.setattr(TrainStep, "train", watched(TrainStep.train))
+    if optimizer == "capturable":
+        build = state.build_optimizer
+        monkeypatch.setattr(state, "build_optimizer",
+                            lambda config, params, capturable=False: build(config, params, True))
     for cls in set(TASKS.values()):
         monkeypatch.setattr(cls, "train_batch", watched(cls.train_batch))
     overrides = task_overrides(task, synthetic_root, tmp_path)
-    config = load_config(None, overrides + ["train.log_every=100"])
+    config = load_config(None, overrides + ["train.log_every=100", "train.ema_decay=0.99"])
     assert type(task_for(config)) is TASKS[task]
-    Trainer(config, quiet=True).fit()
+    trainer = Trainer(config, quiet=True)
+    trainer.fit()
     assert inside == [False] and reads == []
+    assert (type(trainer.optimizer).__name__ == "CapturableAdam") == (optimizer == "capturable")

@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--compile-mode", default="default",
                    choices=["default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="the whole step as one CUDA graph (train.cuda_graph; CUDA only)")
     p.add_argument("--plain-primary", action="store_true",
                    help="primary capsules as a depthwise conv (not the product-and-sum)")
     p.add_argument("--augment", default="paper", help="paper | none | rotate+erase ...")
@@ -409,7 +411,7 @@ def cmd_bench(args) -> int:
         compile=args.compile, compile_mode=args.compile_mode,
         product_primary=not args.plain_primary, augment=args.augment, config=args.config,
         steps=args.steps, eval_images=args.eval_images, repeats=args.repeats,
-        warmup=max(args.warmup, 0), threads=args.threads))
+        warmup=max(args.warmup, 0), threads=args.threads, cuda_graph=args.cuda_graph))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

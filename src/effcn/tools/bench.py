@@ -6,7 +6,9 @@ The training step is the trainer's own (training.step.TrainStep: uint8 data resi
 device, batched augmentation, the fast path, the configured optimizer and the model's own loss,
 e.g. cross-entropy for the CNN baseline); evaluation is training.evaluate.evaluate. Each figure is measured after
 warm-up over several repeats and reported as median with min and max; "seconds per MNIST epoch"
-is 55,000 training images divided by the median training throughput. No dataset is needed.
+is 55,000 training images divided by the median training throughput; "kernels per step" is
+:func:`count_kernels` of one training step (the operators it dispatches, each about one kernel
+launch on a GPU). No dataset is needed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class BenchSettings:
     repeats: int = 5
     warmup: int = 5                   # training steps (and one eval pass) before timing
     threads: int = 0                  # torch threads (0: torch's default)
+    cuda_graph: bool = False          # the whole step as one CUDA graph (train.cuda_graph; CUDA)
 
     def check(self) -> None:
         """One sentence (EffcnError) for a model that is not registered or a count below 1."""
@@ -51,6 +54,9 @@ class BenchSettings:
         if self.model not in list_models():
             raise EffcnError(f"unknown model {self.model!r}; choose one of "
                              f"{', '.join(list_models())} (effcn models).")
+        if self.cuda_graph and not self.device.startswith("cuda"):
+            raise EffcnError(f"--cuda-graph needs a CUDA device, not {self.device!r}; drop it or "
+                             f"pass --device cuda.")
         for name in ("batch_size", "steps", "repeats", "eval_images"):
             if getattr(self, name) < 1:
                 raise EffcnError(f"--{name.replace('_', '-')} must be at least 1, got "
@@ -122,10 +128,16 @@ class EffcnContender:
         self.data = Split(images.to(self.device), labels.to(self.device), [])
         self.task = ClassificationTask(config)
         self.task.setup(self.data, self.data)
-        self.step = TrainStep(self.model, self.task, build_optimizer(config, self.model.parameters()),
-                              self.amp_dtype, fastpath.memory_format(s.channels_last),
-                              self.forward_model)
+        optimizer = build_optimizer(config, self.model.parameters(), capturable=s.cuda_graph)
+        self.step = TrainStep(self.model, self.task, optimizer, self.amp_dtype,
+                              fastpath.memory_format(s.channels_last), self.forward_model)
         self.generator = torch.Generator(device=self.device).manual_seed(0)
+        self.graph = None
+        if s.cuda_graph:  # the trainer's graph (training/cuda_graph.py), without EMA
+            from ..training.cuda_graph import GraphedStep
+            self.graph = GraphedStep(self.step, None, s.batch_size, self.device)
+            sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+            self.generator, _ = self.graph.begin_epoch(self.generator, sums)
         self.clock = Stopwatch(self.device)
         self.cursor = 0
 
@@ -136,7 +148,10 @@ class EffcnContender:
         idx = torch.arange(self.cursor, self.cursor + bs, device=self.device)
         self.cursor += bs
         self.model.train()
-        self.step(self.task.train_batch(idx, self.generator))
+        if self.graph is not None:
+            self.graph(idx)
+        else:
+            self.step(self.task.train_batch(idx, self.generator))
 
     def train_images_per_s(self, steps: int) -> float:
         t0 = self.clock.now()
@@ -161,6 +176,72 @@ class EffcnContender:
                                                              self.s.batch_size)))
 
 
+# Operators that only make or reshape tensor metadata (no kernel reads or writes memory).
+METADATA_OPS = frozenset(f"aten::{name}" for name in (
+    "view", "_unsafe_view", "reshape", "expand", "expand_as", "as_strided", "t", "transpose",
+    "permute", "unsqueeze", "squeeze", "select", "slice", "narrow", "split", "split_with_sizes",
+    "chunk", "unbind", "detach", "alias", "lift_fresh", "resolve_conj", "resolve_neg",
+    "contiguous", "empty", "empty_like", "empty_strided", "to", "_to_copy_noop", "flatten",
+    "unflatten", "view_as", "numpy_T", "result_type", "is_nonzero", "_has_compatible_shallow_copy_type",
+    "set_", "size", "stride", "dim", "item", "_local_scalar_dense_noop"))
+
+
+def count_kernels(fn) -> int:
+    """How many kernels one call of ``fn()`` dispatches, counted with torch.profiler on the CPU.
+
+    The count: top-level ``aten::`` operators (those not called from inside another aten
+    operator; autograd's backward nodes run theirs at top level too) whose call reaches at least
+    one operator that is not in :data:`METADATA_OPS`, i.e. that runs a kernel rather than only
+    making a view, an empty tensor or a no-op conversion. One fused operator (e.g.
+    ``aten::_fused_adam_`` over every parameter) counts once. On CUDA each such operator
+    launches about one kernel; this is the launch-bound cost a CUDA graph removes.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    runs_kernel: dict[int, bool] = {}
+    for e in events:  # a parent is listed before its children: walk children up to the root
+        if e.name not in METADATA_OPS:
+            node = e
+            while node is not None and node.name.startswith("aten::"):
+                runs_kernel[id(node)] = True
+                node = node.cpu_parent
+    return sum(1 for e in events
+               if (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+               and runs_kernel.get(id(e), False))
+
+
+def kernels_per_step(contender: "EffcnContender") -> int:
+    """:func:`count_kernels` of one warmed-up training step of ``contender``."""
+    contender.train_step()
+    return count_kernels(contender.train_step)
+
+
+def device_profile(fn, steps: int = 5) -> dict:
+    """What ``steps`` calls of ``fn`` cost a CUDA device, from torch.profiler: kernels run per
+    call, launch calls per call (cudaLaunchKernel and friends; a graph replay is one
+    cudaGraphLaunch) and the busy fraction (the kernels' summed time over the wall time)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        wall_us = (time.perf_counter() - t0) * 1e6
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    launches = [e for e in prof.events() if e.name in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                        "cudaLaunchKernelExC", "cudaGraphLaunch",
+                                                        "cuLaunchKernelEx")]
+    busy = sum(e.time_range.elapsed_us() for e in kernels)
+    return {"kernels_per_step": len(kernels) / steps, "launches_per_step": len(launches) / steps,
+            "busy_fraction": busy / wall_us}
+
+
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """(MiB, what it is): CUDA's peak allocated memory, or the process's peak RSS on CPU."""
     if device.type == "cuda":
@@ -183,6 +264,7 @@ def run_bench(s: BenchSettings) -> dict:
         train.append(c.train_images_per_s(s.steps))
         evals.append(c.eval_images_per_s(s.eval_images))
     mem, mem_kind = peak_memory_mb(c.device)
+    kernels = kernels_per_step(c)
     tr = spread(train)
     return {"settings": asdict(s), "device": str(c.device), "torch": torch.__version__,
             "precision": precision_name(c.amp_dtype),
@@ -191,7 +273,7 @@ def run_bench(s: BenchSettings) -> dict:
             "seconds_per_mnist_epoch": {k: (MNIST_TRAIN_IMAGES / v if k != "n" else v)
                                         for k, v in (("median", tr["median"]), ("min", tr["max"]),
                                                      ("max", tr["min"]), ("n", tr["n"]))},
-            "peak_memory_mb": mem, "peak_memory_kind": mem_kind}
+            "peak_memory_mb": mem, "peak_memory_kind": mem_kind, "kernels_per_step": kernels}
 
 
 def format_report(r: dict) -> str:
@@ -208,4 +290,5 @@ def format_report(r: dict) -> str:
         lines.append(f"{name:26s}" + "".join(f"{fmt.format(v[k]):>10s}"
                                              for k in ("median", "min", "max")))
     lines.append(f"{r['peak_memory_kind'] + ' (MiB)':26s}{r['peak_memory_mb']:>10.0f}")
+    lines.append(f"{'kernels per step':26s}{r['kernels_per_step']:>10d}   (bench.count_kernels)")
     return "\n".join(lines)

@@ -86,6 +86,8 @@ class TrainSection:
     compile: bool = False                   # torch.compile the model (falls back to eager)
     compile_mode: str = "default"           # default | reduce-overhead (CUDA graphs) | max-autotune
     sync_batchnorm: bool = False            # under torchrun on CUDA: BN statistics of the global batch
+    cuda_graph: str = "auto"                # auto | on | off: the whole step as one CUDA graph
+                                            # (training/cuda_graph.py; auto: on CUDA when possible)
 
 
 @dataclass

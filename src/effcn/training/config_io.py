@@ -29,6 +29,7 @@ CHOICES = {
     "data.protocol": ("honest", "authors"),
     "train.test_amp": ("auto", "bf16", "off"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "train.cuda_graph": ("auto", "on", "off"),
 }
 POSITIVE = ("optim.lr", "data.pixel_divisor", "train.epochs", "train.batch_size", "train.eval_batch_size",
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor",

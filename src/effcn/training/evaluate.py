@@ -31,24 +31,38 @@ from .tasks.classification import ImageSet
 @torch.no_grad()
 def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
              amp_dtype: torch.dtype | None = None, class_names=None,
-             predictions: bool = False) -> dict:
+             predictions: bool = False, fixed_shape: bool | None = None,
+             forward=None) -> dict:
     """Loss parts and accuracy (the task's metric) of ``model`` on ``eval_set``.
 
     Returns {"loss", "margin", "recon", "acc", "images", "per_class_acc"}; per-class accuracy is
     the share of each class's true labels that were found. With ``predictions``, also
     "predictions" (N,), "lengths" (N, classes) and "labels" (N,) or (N, K) tensors.
-    ``amp_dtype``: autocast dtype of the forward (None: fp32).
+    ``amp_dtype``: autocast dtype of the forward (None: fp32). ``fixed_shape`` (default: on
+    CUDA): every forward sees the same batch shape, the last batch padded with zero images whose
+    outputs are dropped before anything is counted (what cuDNN's plans and a CUDA graph want; on
+    the CPU the default stays off, so CPU figures are unchanged). ``forward``: what runs the
+    model, ``forward(x, y, amp_dtype)`` (default: fastpath.forward of ``model``; the trainer
+    passes a graph-captured one, training/cuda_graph.GraphedForward).
     """
     model.eval()
+    if forward is None:
+        def forward(x, y, dtype):
+            return fastpath.forward(model, x, y, dtype)
     totals = class_hits = class_counts = None
     preds, lengths, labels = [], [], []
+    shape = min(batch_size, len(eval_set))
     for start in range(0, len(eval_set), batch_size):
         batch = eval_set.batch(start, start + batch_size)
-        out = fastpath.forward(model, batch.x, task.decoder_labels(batch, training=False),
-                               amp_dtype)
+        n = len(batch.y)
+        y = task.decoder_labels(batch, training=False)
+        pad = fixed_shape if fixed_shape is not None else batch.x.is_cuda
+        if pad and n < shape:
+            out = _first(forward(_padded(batch.x, shape), _padded(y, shape), amp_dtype), n)
+        else:
+            out = forward(batch.x, y, amp_dtype)
         loss, margin, recon = task.loss(model, out, batch)[:3]  # a task's extra parts: training's
         hits = task.hits(out, batch).double()           # shaped like batch.y
-        n = len(batch.y)
         if totals is None:
             totals = torch.zeros(4, device=out.lengths.device, dtype=torch.float64)
             class_hits, class_counts = _class_sums(out.lengths.shape[1], hits.device)
@@ -57,7 +71,7 @@ def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
         _add_class_hits(class_hits, class_counts, batch.y, hits)
         if predictions:
             preds.append(out.lengths.argmax(1))
-            lengths.append(out.lengths.float())
+            lengths.append(out.lengths.float().clone())  # a graph's output is overwritten
             labels.append(batch.y)
     n = len(eval_set)
     if totals is None:
@@ -70,6 +84,18 @@ def evaluate(model, task: Task, eval_set: EvalSet, batch_size: int = 500,
         result["predictions"], result["lengths"] = torch.cat(preds), torch.cat(lengths)
         result["labels"] = torch.cat(labels)
     return result
+
+
+def _padded(t: torch.Tensor | None, size: int) -> torch.Tensor | None:
+    """``t`` (n, ...) with zero rows appended up to ``size`` rows (None stays None)."""
+    if t is None:
+        return None
+    return torch.cat([t, t.new_zeros((size - len(t), *t.shape[1:]))])
+
+
+def _first(out, n: int):
+    """A forward result (CapsNetOutput) cut to its first ``n`` images."""
+    return out._replace(**{k: v[:n] for k, v in out._asdict().items() if torch.is_tensor(v)})
 
 
 def _class_sums(num_classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     """An autocast context for ``dtype`` on ``device`` (a no-op context for None)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    # A CUDA graph must not keep autocast's cached weight copies (they are made per call).
+    return torch.autocast(device_type=device.type, dtype=dtype,
+                          cache_enabled=not (device.type == "cuda" and capturing()))
+
+
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

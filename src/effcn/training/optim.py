@@ -6,10 +6,22 @@ import math
 
 import torch
 
+from .fastpath import capturing
 
-def build_optimizer(config, params) -> torch.optim.Optimizer:
-    """The configured optimizer; Adam/AdamW place epsilon as optim.eps_placement says."""
+
+def build_optimizer(config, params, capturable: bool = False) -> torch.optim.Optimizer:
+    """The configured optimizer; Adam/AdamW place epsilon as optim.eps_placement says.
+
+    ``capturable``: Adam/AdamW as :class:`CapturableAdam` (step count, learning rate and the
+    Keras epsilon as device tensors, so a CUDA graph can replay the step); SGD is capturable as
+    it is (its momentum buffers are device tensors and its lr a Python float baked in at
+    capture, so a graph run rejects schedules on SGD: see cuda_graph.graph_refusal).
+    """
     o = config.optim
+    if capturable and o.name in ("adam", "adamw"):
+        return CapturableAdam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                              weight_decay=o.weight_decay, decoupled=o.name == "adamw",
+                              keras_eps=o.eps_placement == "keras")
     if o.name in ("adam", "adamw"):
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
         optimizer = cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
@@ -42,6 +54,112 @@ def keras_epsilon(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 
     optimizer.register_step_pre_hook(place_epsilon)
     return optimizer
+
+
+class CapturableAdam(torch.optim.Adam):
+    """Adam (or AdamW: ``decoupled``) whose whole step runs on the device, CUDA-graph safe.
+
+    The step count is a device tensor per parameter (as torch's ``capturable=True`` Adam keeps
+    it), the learning rate a device tensor per group refreshed from ``group["lr"]`` before every
+    eager step and every graph replay (:meth:`refresh_lr`, a fill without a host sync), so schedules keep writing Python
+    floats into the param groups and a captured graph picks their new value up. With
+    ``keras_eps`` epsilon sits where Keras puts it: w -= lr sqrt(1 - b2^t) / (1 - b1^t) m /
+    (sqrt(v) + eps), computed in PyTorch's form with eps_t = eps / sqrt(1 - b2^t) (what
+    :func:`keras_epsilon` sets from the host for the fused kernel). The state dict is Adam's
+    (exp_avg, exp_avg_sq, step), so checkpoints move between this and the fused Adam; results
+    agree with it to float rounding, not bit for bit (the bias corrections are float32 here).
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled: bool = False, keras_eps: bool = True):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         capturable=True, foreach=True)
+        self.decoupled, self.keras_eps = decoupled, keras_eps
+        self._lr = {}  # id(group) -> its lr as a () float32 device tensor
+        for group in self.param_groups:  # the keys keras_epsilon keeps, so state dicts match
+            group.setdefault("keras_eps", group["eps"])
+            group.setdefault("keras_step", 0)
+
+    def __getstate__(self) -> dict:  # Optimizer's keeps only defaults, state and param_groups
+        return {**super().__getstate__(), "decoupled": self.decoupled, "keras_eps": self.keras_eps}
+
+    def __setstate__(self, state: dict) -> None:
+        # (load_state_dict passes only state and param_groups: then the flags stay as they are)
+        self.decoupled = state.pop("decoupled", getattr(self, "decoupled", False))
+        self.keras_eps = state.pop("keras_eps", getattr(self, "keras_eps", True))
+        super().__setstate__(state)
+        self._lr = {}
+
+    def state_dict(self) -> dict:
+        """Adam's state dict, with keras_step and the placed eps as :func:`keras_epsilon`
+        keeps them (read from the device: checkpoints only), so the fused Adam resumes it."""
+        state = super().state_dict()
+        for group, saved in zip(self.param_groups, state["param_groups"]):
+            # Loading a state dict sets these flags in the loading optimizer: save the eager
+            # default's (optim.fused), so an eager resume of a graph run keeps the fused kernel.
+            saved.update(capturable=False, foreach=None, fused=True)
+            with_grad = [p for p in group["params"] if "step" in self.state[p]]
+            if with_grad and self.keras_eps:
+                t = int(self.state[with_grad[0]]["step"].item())
+                saved["keras_step"] = t
+                saved["eps"] = group["keras_eps"] / math.sqrt(1 - group["betas"][1] ** t)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._lr.clear()  # new group objects: their lr tensors are made again
+
+    def refresh_lr(self) -> None:
+        """Copy every group's (Python) lr into its device tensor; no host sync."""
+        for group in self.param_groups:
+            params = group["params"]
+            t = self._lr.get(id(group))
+            if t is None:
+                t = self._lr[id(group)] = torch.zeros((), device=params[0].device)
+            t.fill_(group["lr"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step of every group from the device-resident state (no host sync)."""
+        if closure is not None:
+            raise ValueError("CapturableAdam.step takes no closure")
+        if not capturing():  # a replay reads the tensors as they are:
+            self.refresh_lr()  # the graph's owner refreshes them (cuda_graph.GraphedStep)
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                state = self.state[p]
+                if not state:  # as torch's capturable Adam lays its state out
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            steps = [self.state[p]["step"] for p in params]
+            m = [self.state[p]["exp_avg"] for p in params]
+            v = [self.state[p]["exp_avg_sq"] for p in params]
+            lr = self._lr[id(group)]
+            beta1, beta2 = group["betas"]
+            wd = group["weight_decay"]
+            torch._foreach_add_(steps, 1)
+            t = steps[0]  # every parameter of a group is stepped together
+            bias1 = 1 - torch.pow(beta1, t)
+            bias2_sqrt = (1 - torch.pow(beta2, t)).sqrt()
+            if wd and self.decoupled:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            elif wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+            eps = group["keras_eps"] / bias2_sqrt if self.keras_eps else group["eps"]
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, bias2_sqrt)
+            torch._foreach_add_(denom, eps)
+            update = torch._foreach_div(m, denom)
+            torch._foreach_mul_(update, lr / bias1)
+            torch._foreach_sub_(params, update)
 
 
 class ExpDecayWithFloor:

@@ -15,6 +15,7 @@ import torch
 from ..models import create_model
 from . import distributed, fastpath
 from .checkpoint import checkpoint_state
+from .cuda_graph import GraphedForward, GraphedStep, use_cuda_graph
 from .ema import EMA
 from .optim import build_optimizer, build_schedule
 from .splits import Split, load_train_val
@@ -65,6 +66,30 @@ class TrainState:
     mid_epoch: dict | None = None
     seconds_before: float = 0.0
     fit_started: float | None = None
+    graph: GraphedStep | None = None  # train.cuda_graph: the step captured and replayed
+    eval_graphs: dict = field(default_factory=dict)  # id(model) -> its GraphedForward
+
+    def eval_forward(self, model) -> GraphedForward | None:
+        """What evaluates ``model`` (evaluate's ``forward``): graph-captured under
+        train.cuda_graph, else None (the eager forward)."""
+        if self.graph is None:
+            return None
+        if id(model) not in self.eval_graphs:
+            self.eval_graphs[id(model)] = GraphedForward(model)
+        return self.eval_graphs[id(model)]
+
+    def begin_epoch(self, generator: torch.Generator, sums: torch.Tensor):
+        """(generator, sums) the epoch's steps use: the graph's own when it is captured."""
+        if self.graph is None:
+            return generator, sums
+        return self.graph.begin_epoch(generator, sums)
+
+    def train_step(self, idx: torch.Tensor, generator: torch.Generator,
+                   sums: torch.Tensor) -> torch.Tensor | None:
+        """One step on the item indices ``idx`` (training/step.py: TrainStep.train)."""
+        if self.graph is not None:
+            return self.graph(idx)
+        return self.step.train(idx, generator, sums, self.ema)
 
     @property
     def precision(self) -> str:
@@ -99,7 +124,8 @@ def build_state(config, task: Task, dist, device: torch.device) -> TrainState:
     amp_dtype = fastpath.amp_dtype(t.amp, device)
     fastpath.prepare_model(model, t.channels_last)
     ddp = distributed.wrap(model, dist, device, t.sync_batchnorm)
-    optimizer = build_optimizer(config, model.parameters())
+    graphed = use_cuda_graph(config, device, dist)
+    optimizer = build_optimizer(config, model.parameters(), capturable=graphed)
     ema = EMA(model, t.ema_decay) if t.ema_decay else None
     # what validation (and so selection) evaluates: the averaged weights when kept
     eval_model = fastpath.maybe_compile(ema.model if ema else model, t.compile, t.compile_mode)
@@ -107,6 +133,8 @@ def build_state(config, task: Task, dist, device: torch.device) -> TrainState:
                      fastpath.maybe_compile(ddp, t.compile, t.compile_mode), t.skip_nonfinite)
     steps_per_epoch = distributed.steps_per_epoch(task.epoch_size, t.batch_size, dist)
     scheduler, per_batch = build_schedule(config, optimizer, steps_per_epoch)
+    graph = GraphedStep(step, ema, t.batch_size, device) if graphed else None
     return TrainState(model=model, optimizer=optimizer, scheduler=scheduler,
                       per_batch_schedule=per_batch, ema=ema, eval_model=eval_model, step=step,
-                      amp_dtype=amp_dtype, data=data, steps_per_epoch=steps_per_epoch)
+                      amp_dtype=amp_dtype, data=data, steps_per_epoch=steps_per_epoch,
+                      graph=graph)

@@ -3,7 +3,8 @@
 The trainer (training/trainer.py) calls :class:`TrainStep` once per batch; ``effcn bench``
 (tools/bench.py) times the same object. A step takes a composed batch and returns a detached row
 on the device: it reads nothing back from the device except the optional ``skip_nonfinite``
-check, so its inputs and outputs stay explicit for a later CUDA-graph capture.
+check, so :meth:`TrainStep.train` (batch, step, EMA, running sums) is what a CUDA graph
+captures (training/cuda_graph.py).
 """
 
 from __future__ import annotations
@@ -52,3 +53,18 @@ class TrainStep:
         acc = self.task.hits(out, batch).mean()
         return torch.stack([loss.detach(), margin.detach(), recon.detach(), acc,
                             *(e.detach() for e in extra)]).double()
+
+    def train(self, idx: torch.Tensor, generator: torch.Generator, sums: torch.Tensor,
+              ema=None) -> torch.Tensor | None:
+        """The whole step of the training loop, as training/cuda_graph.py captures it: compose
+        the batch of item indices ``idx`` (B,) with ``generator``, step, move ``ema``
+        (training/ema.py) and add the row weighted by its images, then the image count, to
+        ``sums`` (float64, in place). Returns the row (None: a skipped step); no host sync."""
+        row = self(self.task.train_batch(idx, generator))
+        if row is None:
+            return None
+        if ema is not None:
+            ema.update(self.model)
+        images = torch.full((1,), len(idx), dtype=row.dtype, device=row.device)
+        sums += torch.cat([row * len(idx), images])
+        return row

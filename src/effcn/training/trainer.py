@@ -310,6 +310,7 @@ class Trainer:
             sums = mid["sums"] if isinstance(mid["sums"], torch.Tensor) \
                 else mid["sums"][self.dist.rank]
             sums = sums.to(self.device)
+        aug_g, sums = s.begin_epoch(aug_g, sums)  # under train.cuda_graph: the graph's own
         bar = self._progress(s.steps_per_epoch, epoch)
         if bar is not None:
             bar.update(first)
@@ -318,16 +319,13 @@ class Trainer:
         for step in range(first, s.steps_per_epoch):
             self.position = (epoch, step)
             idx = distributed.shard(order[step * bs:(step + 1) * bs], self.dist)
-            row = s.step(self.task.train_batch(idx, aug_g))
+            row = s.train_step(idx, aug_g, sums)  # batch, step, EMA and sums
             if row is None:
                 s.skipped_steps += 1
                 continue
-            if s.ema is not None:
-                s.ema.update(s.model)
             lr = s.optimizer.param_groups[0]["lr"]
             if s.per_batch_schedule:
                 s.scheduler.step()
-            sums += torch.cat([row * len(idx), row.new_tensor([len(idx)])])
             pending.append((step, lr, row))
             if len(pending) == cfg.train.log_every:
                 flushed_at = self._flush(log, epoch, pending, bar, flushed_at)
@@ -369,15 +367,18 @@ class Trainer:
     # ---------------------------------------------------------- evaluation
     def evaluate_val(self) -> dict:
         """Validation figures in the training precision (they only rank the epochs)."""
-        return evaluate(self.state.eval_model, self.task, self.task.val_set(),
-                        self.config.train.eval_batch_size, self.state.amp_dtype)
+        s = self.state
+        return evaluate(s.eval_model, self.task, self.task.val_set(),
+                        self.config.train.eval_batch_size, s.amp_dtype,
+                        forward=s.eval_forward(s.eval_model))
 
     def evaluate_test(self, model) -> dict:
         """The test split in the test precision (train.test_amp; fp32 by default)."""
         if self.test_set is None:
             self.test_set = self.task.eval_set(load_test(self.config, self.device), "test")
         return evaluate(model, self.task, self.test_set, self.config.train.eval_batch_size,
-                        fastpath.amp_dtype(self.config.train.test_amp, self.device))
+                        fastpath.amp_dtype(self.config.train.test_amp, self.device),
+                        forward=self.state.eval_forward(model))
 
     # ------------------------------------------------- logging and stopping
     def _flush(self, log: MetricsLog | None, epoch: int, pending: list, bar,

@@ -32,10 +32,36 @@ def cv2_rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     (likewise Y) in units of 1/32 pixel; the four neighbours of ``(X >> 5, Y >> 5)`` are
     weighted by the exact products of ``(X & 31) / 32`` and ``(Y & 31) / 32``, taps outside the
     image reading 0. Angle 0 is the exact identity. The coordinate arithmetic runs in float64
-    on the images' device.
+    on the images' device (:func:`cv2_rotation_taps`).
     """
-    b, c, h, w = images.shape
-    device = images.device
+    _, _, h, w = images.shape
+    return sample_taps(images, *cv2_rotation_taps(angle, h, w, images.device, images.dtype))
+
+
+def cv2_rotate_whole_degrees(images: torch.Tensor, angle: torch.Tensor,
+                             max_degrees: int) -> torch.Tensor:
+    """:func:`cv2_rotate` for angles that are whole degrees in ``[-max_degrees, max_degrees]``
+    (as the MNIST policy draws them), bit for bit, in a handful of kernels: the taps of every
+    such angle are computed once (:func:`cv2_rotation_taps`, kept per size, device and dtype)
+    and looked up per sample, so no float64 coordinate arithmetic runs per batch. Angles are
+    truncated to whole degrees and clamped to the range (no check: it would sync the device).
+    """
+    _, _, h, w = images.shape
+    key = ("rotate", h, w, str(images.device), images.dtype, max_degrees)
+    if key not in _BANKS:
+        every = torch.arange(-max_degrees, max_degrees + 1, device=images.device)
+        _BANKS[key] = cv2_rotation_taps(every, h, w, images.device, images.dtype)
+    index, weights = _BANKS[key]
+    row = (angle.to(images.device).long() + max_degrees).clamp(0, 2 * max_degrees)
+    return sample_taps(images, index.index_select(0, row), weights.index_select(0, row))
+
+
+def cv2_rotation_taps(angle: torch.Tensor, h: int, w: int, device: torch.device,
+                      dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cv2's four bilinear taps of each output pixel for rotations by ``angle`` (B,) degrees:
+    ``index`` (B, 4, H*W) int64 into the images zero-padded by :func:`rotation_pad` on every
+    side and flattened, and their ``weights`` (B, 4, H*W) in ``dtype`` (see :func:`cv2_rotate`).
+    """
     rad = angle.to(device=device, dtype=torch.float64) * (np.pi / 180)
     alpha, beta = torch.cos(rad), torch.sin(rad)
     cx, cy = w / 2, h / 2
@@ -59,23 +85,36 @@ def cv2_rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     big_y = fixed(torch.round(i10[:, None] * xs * scale),
                   torch.round((i11[:, None] * ys + i12[:, None]) * scale) + round_delta)
     tab = 1 << _INTER_BITS
-    # Zero-pad by more than any rotation can reach (half the diagonal beyond the shorter half
-    # side), so every tap reads the padded image and cv2's border-0 taps need no masks.
-    pad = int(np.ceil(np.hypot(h, w) / 2 - min(h, w) / 2)) + 2
+    pad = rotation_pad(h, w)
     hp, wp = h + 2 * pad, w + 2 * pad
     x0 = ((big_x >> _INTER_BITS) + pad).clamp(0, wp - 2)
     y0 = ((big_y >> _INTER_BITS) + pad).clamp(0, hp - 2)
-    fx = (big_x & (tab - 1)).to(images.dtype) / tab
-    fy = (big_y & (tab - 1)).to(images.dtype) / tab
-    flat = F.pad(images, (pad, pad, pad, pad)).reshape(b, c, hp * wp)
-    corner = y0 * wp + x0  # (B, H, W): the top-left tap
-    out = None
-    for step, weight in ((0, (1 - fy) * (1 - fx)), (1, (1 - fy) * fx),
-                         (wp, fy * (1 - fx)), (wp + 1, fy * fx)):
-        index = (corner + step).reshape(b, 1, h * w).expand(b, c, -1)
-        tap = flat.gather(2, index).reshape(b, c, h, w) * weight[:, None]
-        out = tap if out is None else out + tap  # cv2's order: ((v0 w0 + v1 w1) + v2 w2) + v3 w3
-    return out
+    fx = (big_x & (tab - 1)).to(dtype) / tab
+    fy = (big_y & (tab - 1)).to(dtype) / tab
+    corner = (y0 * wp + x0).reshape(-1, 1, h * w)  # the top-left tap
+    index = corner + torch.tensor([0, 1, wp, wp + 1], device=device)[None, :, None]
+    weights = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], dim=1)
+    return index, weights.reshape(-1, 4, h * w)
+
+
+def rotation_pad(h: int, w: int) -> int:
+    """Zero padding (pixels per side) beyond any rotation's reach (half the diagonal beyond the
+    shorter half side), so every tap reads the padded image and cv2's border-0 taps need no
+    masks."""
+    return int(np.ceil(np.hypot(h, w) / 2 - min(h, w) / 2)) + 2
+
+
+def sample_taps(images: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum the four weighted taps (:func:`cv2_rotation_taps`) of every output pixel of (B, C, H,
+    W) ``images`` in cv2's order, ``((v0 w0 + v1 w1) + v2 w2) + v3 w3``: one gather for all."""
+    b, c, h, w = images.shape
+    pad = rotation_pad(h, w)
+    flat = F.pad(images, (pad, pad, pad, pad)).reshape(b, c, -1)
+    taps = flat.gather(2, index.reshape(b, 1, 4 * h * w).expand(b, c, -1)).reshape(b, c, 4, h * w)
+    taps = taps * weights[:, None]
+    out = taps[:, :, 0] + taps[:, :, 1]
+    out = out + taps[:, :, 2]
+    return (out + taps[:, :, 3]).reshape(b, c, h, w)
 
 
 # --- TensorFlow's antialiased Lanczos-3 resize ------------------------------------------------
@@ -130,7 +169,7 @@ def tf_resize_weights(out_size: int, in_size: int) -> np.ndarray:
     return weights
 
 
-_BANKS: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}  # (H, W, device, dtype) -> lanczos_bank
+_BANKS: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}  # lanczos_bank / rotation taps, per key
 
 
 def lanczos_bank(height: int, width: int, device: torch.device, dtype: torch.dtype):

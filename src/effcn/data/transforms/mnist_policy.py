@@ -65,7 +65,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import torch
 
 from effcn.data.geometry import margins, translate, warp_affine
-from effcn.data.transforms.cv2_tf import cv2_rotate, lanczos_bank
+from effcn.data.transforms.cv2_tf import cv2_rotate, cv2_rotate_whole_degrees, lanczos_bank
 from effcn.errors import ConfigError
 
 PARTS: Tuple[str, ...] = ("rotate", "shift", "squish", "erase")
@@ -366,13 +366,18 @@ def apply_params(
     ``images`` (B, C, H, W) in [0, 1]; returns the same shape, dtype and device. With the
     authors' defaults the Lanczos squish leaves some pixels outside [0, 1]; ``cfg.clamp_output``
     clamps them (and ``squish_resample="area"`` never leaves [0, 1] beyond float rounding).
+    ``params`` as :func:`sample_params` draws them: the authors' rotation looks its taps up per
+    whole-degree angle within ``cfg.max_rotation`` (:func:`cv2_rotate_whole_degrees`).
     """
     cfg = cfg or AugmentConfig()
     parts = set(_check_parts(parts))
     p = {k: v.to(images.device) for k, v in params.items()}
     x = images
     if "rotate" in parts:
-        rotated = rotate(x, p["angle"], cfg.rotation_centre)
+        if cfg.rotation_centre == "authors":  # sample_params draws whole degrees within the range
+            rotated = cv2_rotate_whole_degrees(x, p["angle"], int(cfg.max_rotation))
+        else:
+            rotated = rotate(x, p["angle"], cfg.rotation_centre)
         x = torch.where(p["rotate"][:, None, None, None], rotated, x)
     if "shift" in parts:
         x = translate(x, shift_amounts(x, p["shift_sign"], p["shift_frac"], cfg.shift_rounding))
