@@ -292,6 +292,72 @@ class ArrayFile(_OwnImages):
         return _Loaded(self._with_test(splits, options, notes, str(self.root)), classes, notes)
 
 
+@dataclass
+class Survey:
+    """What :func:`survey` found: the dataset name (folder | arrays), class names, whether the
+    images are grey, the median of their longer sides, how many images were looked at, and
+    how many training images there are (the train split, or everything without one) and
+    whether there are val and test splits."""
+    dataset: str
+    classes: List[str]
+    grey: bool
+    median_side: int
+    sampled: int
+    n_train: int
+    has_val: bool
+    has_test: bool
+
+
+def survey(root: os.PathLike, max_pixels: int = MAX_PIXELS, sample: int = 200) -> Survey:
+    """A look at your own images before training (``effcn train --data``): a folder of class
+    folders, a .npz file or a folder of .npy files. Up to ``sample`` image files are decoded
+    (evenly spread); unreadable ones are passed over here (loading names them)."""
+    r = Path(root).expanduser()
+    if not r.exists():
+        raise DataError(f"{r} does not exist; pass a folder of class sub-folders or a .npz file.")
+    if r.is_file() or not _class_dirs(r):
+        arrays = _read_arrays(r)
+        xs = [_images(arrays[x], r, x) for x, y in ARRAY_KEYS.values() if x in arrays and y in arrays]
+        ys = [arrays[y] for x, y in ARRAY_KEYS.values() if x in arrays and y in arrays]
+        if not xs:
+            raise DataError(f"{r} holds no images/labels or x_train/y_train arrays; save them "
+                            f"under those names.")
+        top = max(int(np.max(y)) + 1 for y in ys if np.size(y))
+        classes = ([str(n) for n in arrays["classes"]] if "classes" in arrays
+                   else [str(i) for i in range(top)])
+        grey = all(x.shape[3] == 1 or ((x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all())
+                   for x in xs)
+        return Survey("arrays", classes, grey, int(max(xs[0].shape[1:3])),
+                      sum(len(x) for x in xs), len(xs[0]), "x_val" in arrays, "x_test" in arrays)
+    split_dirs = [r / s for s in SPLIT_FOLDERS if (r / s).is_dir()] or [r]
+    per_class = [_class_files(d) for d in split_dirs]
+    classes = sorted({c for per in per_class for c in per})
+    files = [p for per in per_class for ps in per.values() for p in ps]
+    if not classes:
+        raise DataError(f"{split_dirs[0]} holds no class sub-folders with image files; put each "
+                        f"class's images in a folder named after the class.")
+    step = max(1, len(files) // sample)
+    sides, grey = [], True
+    for path in files[::step][:sample]:
+        try:
+            a = image_array(path, 3, max_pixels)
+        except DataError:
+            continue
+        sides.append(max(a.shape[:2]))
+        grey = grey and bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+    if not sides:
+        raise DataError(f"none of the {min(len(files), sample)} image files looked at in {r} "
+                        f"could be read; check them with effcn predict or an image viewer.")
+    return Survey("folder", classes, grey, int(np.median(sides)), len(sides),
+                  sum(len(ps) for ps in per_class[0].values()), (r / "val").is_dir(),
+                  (r / "test").is_dir())
+
+
+def _class_dirs(folder: Path) -> bool:
+    """Whether ``folder`` holds class folders of image files (or train/ val/ test/ ones)."""
+    return any((folder / s).is_dir() for s in SPLIT_FOLDERS) or bool(_class_files(folder))
+
+
 def _class_files(folder: Path) -> Dict[str, List[Path]]:
     """class name -> its image files, sorted (hidden files and other suffixes are ignored)."""
     out = {}
