@@ -18,8 +18,8 @@ images that training otherwise carves out of train (``has_val_split``).
 Image files are checked before decoding (:func:`effcn.data.image_files.open_image`: pixel
 limit, truncated or corrupt files, animations, float formats). A bad file stops loading with
 one sentence naming it, or with ``skip_bad_files`` is skipped and listed in ``skipped`` (and
-``notes``). The decoded splits of the last folder read are kept in memory, so the test split
-read at the end of training costs nothing.
+``notes``). The decoded splits of the last source read are kept in memory (until a file under
+it changes), so the test split read at the end of training costs nothing.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class _OwnImages(Dataset):
         options = options or ImageOptions()
         _check_options(options)
         self.root = Path(root).expanduser()
-        key = (type(self).__name__, str(self.root.resolve()), options)
+        key = (type(self).__name__, str(self.root.resolve()), options, _fingerprint(self.root))
         if key not in _CACHE:
             _CACHE.clear()
             _CACHE[key] = self._load_all(options)
@@ -356,6 +356,14 @@ def survey(root: os.PathLike, max_pixels: int = MAX_PIXELS, sample: int = 200) -
 def _class_dirs(folder: Path) -> bool:
     """Whether ``folder`` holds class folders of image files (or train/ val/ test/ ones)."""
     return any((folder / s).is_dir() for s in SPLIT_FOLDERS) or bool(_class_files(folder))
+
+
+def _fingerprint(root: Path) -> tuple:
+    """(path, size, mtime) of every file under ``root`` (or of ``root``): a changed, added or
+    removed file makes the cached splits stale."""
+    paths = sorted(root.rglob("*")) if root.is_dir() else [root]
+    return tuple((str(p), st.st_size, st.st_mtime_ns) for p in paths
+                 for st in [p.stat()] if p.is_file())
 
 
 def _class_files(folder: Path) -> Dict[str, List[Path]]:
