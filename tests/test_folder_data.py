@@ -14,6 +14,8 @@ import torch
 from effcn.data import ArrayFile, ImageFolder, MNIST
 from effcn.data.folder import ImageOptions, fit_image, holdout
 from effcn.errors import DataError
+from effcn.models.pretrained import load_pretrained
+from effcn.tools.publish import publish_run
 from effcn.training.checkpoint import load_checkpoint
 from effcn.training.config_io import load_config
 from effcn.training.quickstart import config_for_data
@@ -51,6 +53,9 @@ def test_a_folder_trains_end_to_end_and_predict_names_its_classes(folder, tmp_pa
     right = sum(p["name"] == Path(p["image"]).parent.name for p in predictions)
     assert len(predictions) == len(files) and {p["name"] for p in predictions} <= set(CLASSES)
     assert right / len(files) > 0.6, right
+    published = publish_run(run, tmp_path / "pub").folder  # the class names reach the card
+    assert load_pretrained(published).class_names == CLASSES
+    assert "3: left, middle, right" in (published / "README.md").read_text()
 
 
 def test_images_of_any_size_and_mode_become_uint8_of_the_configured_size(folder):
