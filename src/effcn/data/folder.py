@@ -325,8 +325,7 @@ def survey(root: os.PathLike, max_pixels: int = MAX_PIXELS, sample: int = 200) -
         top = max(int(np.max(y)) + 1 for y in ys if np.size(y))
         classes = ([str(n) for n in arrays["classes"]] if "classes" in arrays
                    else [str(i) for i in range(top)])
-        grey = all(x.shape[3] == 1 or ((x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all())
-                   for x in xs)
+        grey = all(x.shape[3] == 1 or _grey(x) for x in xs)
         return Survey("arrays", classes, grey, int(max(xs[0].shape[1:3])),
                       sum(len(x) for x in xs), len(xs[0]), "x_val" in arrays, "x_test" in arrays)
     split_dirs = [r / s for s in SPLIT_FOLDERS if (r / s).is_dir()] or [r]
@@ -344,7 +343,7 @@ def survey(root: os.PathLike, max_pixels: int = MAX_PIXELS, sample: int = 200) -
         except DataError:
             continue
         sides.append(max(a.shape[:2]))
-        grey = grey and bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+        grey = grey and _grey(a)
     if not sides:
         raise DataError(f"none of the {min(len(files), sample)} image files looked at in {r} "
                         f"could be read; check them with effcn predict or an image viewer.")
@@ -381,9 +380,13 @@ def _is_grey(path: Path, max_pixels: int) -> bool:
     """Whether an image file is grey (its mode, or RGB with equal channels); unreadable: True
     (its error comes when it is read)."""
     try:
-        a = image_array(path, 3, max_pixels)
+        return _grey(image_array(path, 3, max_pixels))
     except DataError:
         return True
+
+
+def _grey(a: np.ndarray) -> bool:
+    """Whether colour pixels (..., 3) have three equal channels."""
     return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
 
 
