@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from effcn.data import ArrayFile, ImageFolder, MNIST
 from effcn.data.folder import ImageOptions, fit_image, holdout
@@ -101,12 +102,15 @@ def _bad_files(folder: Path) -> list[Path]:
     cut.write_bytes(good.read_bytes()[:60])
     text = folder / "right" / "notes.png"
     text.write_text("not an image")
-    return [cut, text, write_bomb_png(folder / "middle" / "bomb.png")]
+    floats = folder / "right" / "floats.tiff"  # a pixel format effcn does not guess the range of
+    Image.new("F", (28, 28)).save(floats)
+    return [cut, text, write_bomb_png(folder / "middle" / "bomb.png"), floats]
 
 
 @pytest.mark.parametrize("which, words", [(0, "truncated or corrupt"),
                                           (1, "is not a readable image"),
-                                          (2, "declares 1,600,000,000 pixels")])
+                                          (2, "declares 1,600,000,000 pixels"),
+                                          (3, "has pixel format F")])
 def test_a_bad_file_is_refused_naming_it(folder, which, words):
     bad = _bad_files(folder)
     for other in bad[:which] + bad[which + 1:]:
@@ -124,7 +128,7 @@ def test_skip_bad_files_lists_what_was_skipped(folder, tmp_path, capsys):
                          + ["data.skip_bad_files=true"])
     summary = Trainer(config).fit()
     out = capsys.readouterr().out
-    skipped = next(n for n in summary["data_notes"] if n.startswith("skipped 3"))
+    skipped = next(n for n in summary["data_notes"] if n.startswith("skipped 4"))
     assert all(str(p) in skipped and str(p) in out for p in bad)
     assert summary["train_images"] + 6 + len(load_test(config, "cpu")) == 60
 
