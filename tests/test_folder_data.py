@@ -179,7 +179,10 @@ def test_train_data_picks_classes_channels_and_size(tmp_path):
     assert config.model.args["in_channels"] == 3 and config.data.image_size == 64
     assert config.data.augment == "cifar10" and config.train.epochs == 3
     assert config.train.batch_size == 4
-    assert "27x27 depthwise kernel for 64x64 input" in lines[-1]
+    assert "27x27 depthwise kernel for 64x64 input" in lines[-2]
+    # the printed config is the config: the same fields through --set rebuild it
+    sets = lines[-1].removeprefix("config: effcn train --set ").split(" --set ")
+    assert load_config(None, sets) == config
 
 
 def test_train_data_on_the_command_line(folder, tmp_path, capsys):

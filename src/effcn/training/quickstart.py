@@ -5,7 +5,9 @@
 -> 1, else 3), the image size (the median of the images' longer sides, rounded to a multiple of
 4, at least what the model's stem needs and at most :data:`LARGEST_SIDE`), Efficient-CapsNet's
 MNIST preset re-sized (its primary-capsule kernel derived from the size), and an augmentation
-for photos. It returns the config and one line per choice, which the CLI prints.
+for photos. It returns the config and one line per choice (the last: the whole config as
+``--set`` fields that differ from the defaults), which the CLI prints; the run saves it as
+``config.yaml`` like any run.
 """
 
 from __future__ import annotations
@@ -71,4 +73,20 @@ def config_for_data(data: str | Path, image_size: Optional[int] = None,
     config = apply_overrides(config, list(overrides))
     built = dataclasses.replace(preset, **config.model.args)
     lines.append(f"model: {config.model.name} with {model_args} ({built.describe_primary()})")
+    lines.append("config: effcn train " + " ".join(f"--set {k}={v}" for k, v in
+                                                   _changed(config.to_dict(), Config().to_dict())))
     return config, lines
+
+
+def _changed(config: dict, defaults: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of every field of ``config`` that differs from ``defaults``."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, dict) and value and isinstance(defaults.get(key), dict) \
+                and defaults[key]:
+            out += _changed(value, defaults[key], f"{prefix}{key}.")
+        elif isinstance(value, dict):
+            out += [(f"{prefix}{key}.{k}", v) for k, v in value.items()]
+        elif value != defaults.get(key):
+            out.append((f"{prefix}{key}", value))
+    return out
