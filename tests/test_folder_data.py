@@ -180,6 +180,13 @@ def test_train_data_picks_classes_channels_and_size(tmp_path):
     assert config.data.augment == "cifar10" and config.train.epochs == 3
     assert config.train.batch_size == 4
     assert "27x27 depthwise kernel for 64x64 input" in lines[-2]
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((20, 36, 30), np.uint8),
+             y_train=np.arange(20) % 4, x_test=np.zeros((4, 36, 30), np.uint8),
+             y_test=np.arange(4))
+    arrays, _ = config_for_data(tmp_path / "d.npz")
+    assert arrays.data.dataset == "arrays" and arrays.model.args == {
+        "image_size": 36, "in_channels": 1, "num_classes": 4}
+    assert arrays.data.val_size == 2  # 10% of the 20 training images (the test split is given)
     # the printed config is the config: the same fields through --set rebuild it
     sets = lines[-1].removeprefix("config: effcn train --set ").split(" --set ")
     assert load_config(None, sets) == config
