@@ -240,7 +240,8 @@ def _train_config(args):
     if args.image_size or args.channels or args.epochs:
         raise EffcnError("--image-size, --channels and --epochs go with --data; with a config "
                          "use --set (e.g. --set train.epochs=5).")
-    return load_config(args.config, args.overrides), None, Path(args.config).stem if args.config else "run"
+    name = Path(args.config).stem if args.config else "run"
+    return load_config(args.config, args.overrides), None, name
 
 
 def cmd_eval(args) -> int:

@@ -171,7 +171,8 @@ class _OwnImages(Dataset):
             return splits
         images, labels = splits["train"]
         mask = holdout(labels, options.test_fraction, options.split_seed)
-        splits["train"], splits["test"] = (images[~mask], labels[~mask]), (images[mask], labels[mask])
+        splits["train"] = images[~mask], labels[~mask]
+        splits["test"] = images[mask], labels[mask]
         notes.append(f"{where} has no test split: {int(mask.sum())} images "
                      f"({options.test_fraction:g} of each class, data.split_seed="
                      f"{options.split_seed}) are held out as the test split.")
@@ -223,8 +224,8 @@ class ImageFolder(_OwnImages):
                         a = image_array(path, channels, options.max_pixels)
                     except DataError as e:
                         if not options.skip_bad_files:
-                            raise DataError(f"{str(e).rstrip('.')} (or set "
-                                            f"data.skip_bad_files=true to skip such files).") from None
+                            raise DataError(f"{str(e).rstrip('.')} (or set data.skip_bad_files="
+                                            f"true to skip such files).") from None
                         skipped.append(f"{path}: {e}")
                         continue
                     if size is None:
@@ -317,8 +318,8 @@ def survey(root: os.PathLike, max_pixels: int = MAX_PIXELS, sample: int = 200) -
         raise DataError(f"{r} does not exist; pass a folder of class sub-folders or a .npz file.")
     if r.is_file() or not _class_dirs(r):
         arrays = _read_arrays(r)
-        xs = [_images(arrays[x], r, x) for x, y in ARRAY_KEYS.values() if x in arrays and y in arrays]
-        ys = [arrays[y] for x, y in ARRAY_KEYS.values() if x in arrays and y in arrays]
+        pairs = [(x, y) for x, y in ARRAY_KEYS.values() if x in arrays and y in arrays]
+        xs, ys = [_images(arrays[x], r, x) for x, _ in pairs], [arrays[y] for _, y in pairs]
         if not xs:
             raise DataError(f"{r} holds no images/labels or x_train/y_train arrays; save them "
                             f"under those names.")
@@ -392,7 +393,8 @@ def _grey(a: np.ndarray) -> bool:
 
 def _nchw(images: np.ndarray) -> np.ndarray:
     """(N, H, W) or (N, H, W, C) -> contiguous (N, C, H, W)."""
-    return np.ascontiguousarray(images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(images[:, None] if images.ndim == 3
+                                else images.transpose(0, 3, 1, 2))
 
 
 def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:

@@ -55,7 +55,8 @@ def config_for_data(data: str | Path, image_size: Optional[int] = None,
         lines.append(f"image size: {image_size}x{image_size} (median longer side "
                      f"{found.median_side} of {found.sampled} images, rounded to 4, kept within "
                      f"{smallest}-{LARGEST_SIDE}; --image-size to choose)")
-    train = found.n_train if found.has_test else found.n_train - round(Config().data.test_fraction * found.n_train)
+    held_out = 0 if found.has_test else round(Config().data.test_fraction * found.n_train)
+    train = found.n_train - held_out
     val_size = max(1, round(VAL_FRACTION * train))
     if not found.has_val:
         lines.append(f"validation: {val_size} of the {train} training images (seeded; "
