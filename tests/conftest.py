@@ -14,6 +14,24 @@ from helpers import (FinishedRun, chromium_missing, quick_overrides, snapshot, s
                      write_synthetic_idx)
 
 
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test reaches the network: downloads (data.download defaults to true) are refused
+    unless they come from this machine (the tests' local HTTP servers, file: URLs)."""
+    import urllib.error
+    import urllib.parse
+
+    from effcn.data import download
+    fetch = download._fetch
+
+    def local_only(url, dest, timeout):
+        if urllib.parse.urlparse(url).hostname not in (None, "127.0.0.1", "localhost"):
+            raise urllib.error.URLError("the tests do not use the network")
+        return fetch(url, dest, timeout)
+
+    monkeypatch.setattr(download, "_fetch", local_only)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     return write_synthetic_idx(tmp_path_factory.mktemp("synthetic"))

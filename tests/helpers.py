@@ -208,6 +208,51 @@ def write_keras_h5(path: Path, seed: int = 0, capsnet=SMALLNORB_H5_CAPSNET,
 
 
 # --------------------------------------------------------------------------- quick runs
+FOLDER_SIZES = ((20, 20), (28, 28), (40, 32), (96, 64), (33, 47))  # (width, height)
+
+
+def class_pattern(label: int, width: int, height: int, rng) -> np.ndarray:
+    """A noisy float image (H, W) in [0, 1] of class ``label`` (0-2): a bright bar on the left,
+    on the right, or across the middle; the position scales with the size."""
+    a = rng.uniform(0.0, 0.25, (height, width))
+    if label == 0:
+        a[:, : max(1, width // 3)] += 0.7
+    elif label == 1:
+        a[:, width - max(1, width // 3):] += 0.7
+    else:
+        a[height // 3: height - height // 3, :] += 0.7
+    return np.clip(a, 0.0, 1.0)
+
+
+def write_image_folder(root: Path, per_class: int = 12, classes=("left", "right", "middle"),
+                       seed: int = 0, colour: bool | None = None) -> Path:
+    """``root/<class>/<i>.png|.jpg``: sizes 20x20 to 96x64, PNG and JPEG, grey and RGB mixed
+    (``colour=None``), or all RGB / all grey (True / False); returns root."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = FOLDER_SIZES[i % len(FOLDER_SIZES)]
+            a = (class_pattern(label, w, h, rng) * 255).round().astype(np.uint8)
+            rgb = (i % 2 == 1) if colour is None else colour
+            img = Image.fromarray(np.stack([a, a // 2, 255 - a], -1) if rgb else a)
+            img.save(root / name / (f"{i:03d}.jpg" if i % 3 == 2 else f"{i:03d}.png"),
+                     **({"quality": 95} if i % 3 == 2 else {}))
+    return root
+
+
+def folder_overrides(root: Path, run_dir: Path, name: str = "folder", epochs: int = 2,
+                     dataset: str = "folder") -> list[str]:
+    """A seconds-long run of the tiny model on a folder (or arrays) dataset at 28x28 RGB."""
+    return ["data.dataset=" + dataset, f"data.root={root}", "data.val_size=6",
+            "data.augment=none", "data.image_size=28", "data.channels=3",
+            "model.name=efficient_capsnet_tiny", "model.args.in_channels=3",
+            "model.args.num_classes=3", f"train.epochs={epochs}", "train.batch_size=8",
+            "train.eval_batch_size=64", "train.progress=false", "train.log_every=3",
+            "optim.lr=0.003", f"run.dir={run_dir}", f"run.name={name}", "train.device=cpu"]
+
+
 def quick_overrides(root: Path, run_dir: Path, epochs: int = 2, name: str = "quick") -> list[str]:
     """--set overrides for a seconds-long CPU run of the tiny model on the synthetic data."""
     return ["data.dataset=idx", f"data.root={root}", "data.val_size=40",

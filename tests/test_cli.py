@@ -64,15 +64,22 @@ def test_train_eval_predict_end_to_end(synthetic_root, tmp_path):
     (["train", "--set", "train.batchsize=3"], "did you mean train.batch_size?"),
     (["train", "--set", "optim.lr=-1"], "optim.lr must be positive"),
     (["train", "--config", "nope.yaml"], "config file nope.yaml does not exist"),
-    (["train", "--set", "data.root=/nonexistent/dir", "--set", "run.dir=RUNS"],
+    (["train", "--set", "data.root=/nonexistent/dir", "--set", "run.dir=RUNS", "--set",
+      "data.download=false"],
      "MNIST train files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]) not found in /nonexistent/dir"),
+    (["train", "--set", "data.root=DATA", "--set", "run.dir=RUNS"],  # download is the default
+     "Could not download train-images-idx3-ubyte.gz: https://"),
+    (["train", "--data", "/nonexistent/photos"], "/nonexistent/photos does not exist"),
+    (["train", "--data", "DATA", "--config", "x.yaml"], "pass one of them"),
+    (["train", "--epochs", "3"], "--image-size, --channels and --epochs go with --data"),
     (["eval", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
 ])
 def test_cli_errors_are_one_sentence_without_traceback(tmp_path, monkeypatch, capsys, args,
                                                       message):
     """In this interpreter, through effcn.cli.main (test_robustness.py runs such rows through a
     real `python -m effcn` too); from tmp_path, as relative paths are read from there."""
-    args = [a.replace("RUNS", str(tmp_path / "runs")) for a in args]
+    args = [a.replace("RUNS", str(tmp_path / "runs")).replace("DATA", str(tmp_path / "data"))
+            for a in args]
     monkeypatch.delenv("EFFCN_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.chdir(tmp_path)

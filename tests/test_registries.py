@@ -18,7 +18,7 @@ from effcn.training.splits import load_train_val
 from effcn.training.tasks import TASKS, task_for
 
 from helpers import (asymmetric_images, task_overrides, write_affnist_mat, write_cifar_archive,
-                     write_smallnorb, write_synthetic_idx, write_tiny_mnist)
+                     write_image_folder, write_smallnorb, write_synthetic_idx, write_tiny_mnist)
 
 SECONDS = 60  # per test: generous for 2 shared CPU cores, far below a hang
 
@@ -147,11 +147,23 @@ def synthetic_digit_files(root, monkeypatch, cls):
             monkeypatch.setattr(reader, "sha256", {})
 
 
+def image_folder_files(root, monkeypatch, cls):
+    write_image_folder(root, per_class=4)
+
+
+def array_files(root, monkeypatch, cls):
+    """A folder of .npy files (ArrayFile reads it as it reads a .npz)."""
+    rng = np.random.default_rng(0)
+    np.save(root / "images.npy", rng.integers(0, 256, (12, 20, 24), dtype=np.uint8))
+    np.save(root / "labels.npy", np.arange(12) % 3)
+
+
 # name -> writer(root, monkeypatch, dataset class) of small files in the dataset's real format
 WRITERS = {"mnist": mnist_files, "fashion_mnist": mnist_files, "idx": synthetic_digit_files,
            "smallnorb": smallnorb_files, "cifar10": cifar10_files, "affnist": affnist_files,
            "mnist40": synthetic_digit_files, "affnist_style": synthetic_digit_files,
-           "multimnist": synthetic_digit_files, "mnist_numbers": synthetic_digit_files}
+           "multimnist": synthetic_digit_files, "mnist_numbers": synthetic_digit_files,
+           "folder": image_folder_files, "arrays": array_files}
 
 
 def test_every_registered_dataset_has_a_file_writer():

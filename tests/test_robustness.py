@@ -53,7 +53,8 @@ def _bad_data(tmp: Path, kind: str) -> Path:
 # (case id, how to build the arguments, expected fragment of the one-line error)
 CLI_CASES = [
     ("missing data directory", lambda t, run, root: [
-        "train", "--set", "data.root=/no/such/dir", "--set", f"run.dir={t}/r"],
+        "train", "--set", "data.root=/no/such/dir", "--set", f"run.dir={t}/r",
+        "--set", "data.download=false"],  # downloading is the default (and a subprocess would try)
      "MNIST train files"),
     ("truncated IDX", lambda t, run, root: ["train", *set_args(quick_overrides(_bad_data(t, "truncated"), t / "r", 1, "x"))],
      "is truncated"),

@@ -4,6 +4,7 @@ The public face; everything else lives in its layer (see the docs' architecture 
 
     effcn.create_model(name, **overrides)   a registered model      effcn.list_models()
     effcn.load_config(path, overrides)      a validated Config
+    effcn.config_for_data(folder)           a Config chosen from your images (effcn train --data)
     effcn.Trainer(config).fit()             train, write a run directory, return its summary
     effcn.evaluate_run(run_dir)             evaluate a run's checkpoint, return the report
     effcn.predict(run_dir, images)          classify image files or a tensor batch
@@ -21,6 +22,7 @@ _PUBLIC = {
     "create_model": "effcn.models",
     "list_models": "effcn.models",
     "load_config": "effcn.training.config_io",
+    "config_for_data": "effcn.training.quickstart",
     "Trainer": "effcn.training.trainer",
     "evaluate_run": "effcn.training.evaluate",
     "predict": "effcn.tools.predict",

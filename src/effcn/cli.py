@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--data", metavar="DIR", help="train on your own images: a folder of class "
+                   "sub-folders, or a .npz file (a config is chosen and printed)")
+    p.add_argument("--image-size", type=int, help="with --data: the side images are resized to")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="with --data: 1 or 3")
+    p.add_argument("--epochs", type=int, help="with --data: epochs (default 30)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on the test (or val) split")
@@ -207,25 +212,38 @@ def main(argv: list[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    from .training.config_io import apply_overrides, load_config
-    from .training.resume import resumable_run
     from .training.trainer import Trainer
-    if args.resume:
-        if args.config:
-            raise EffcnError("--resume takes the run's own saved config; drop --config (use --set "
-                             "to change fields such as train.epochs).")
-        run = resumable_run(args.resume)  # the one RunDir of this run
-        config = apply_overrides(run.load_config(), args.overrides)
-        trainer = Trainer(config, run=run, resume=True, quiet=args.quiet)
-    else:
-        config = load_config(args.config, args.overrides)
-        name = Path(args.config).stem if args.config else "run"
-        trainer = Trainer(config, config_name=name, quiet=args.quiet)
+    config, run, name = _train_config(args)
+    trainer = Trainer(config, run=run, resume=run is not None, config_name=name, quiet=args.quiet)
     summary = trainer.fit()
     if trainer.is_main:  # under torchrun: one line, not one per process
         print(json.dumps({k: summary[k] for k in ("run", "best_epoch", "best_val_acc",
                                                   "test_acc", "selection")}))
     return 0
+
+
+def _train_config(args):
+    """(config, run to resume or None, config name) of ``effcn train``: --resume, --data (a
+    config chosen from your images, printed) or --config, each with --set applied."""
+    from .training.config_io import apply_overrides, load_config
+    from .training.resume import resumable_run
+    if sum(map(bool, (args.resume, args.data, args.config))) > 1:
+        raise EffcnError("--resume, --data and --config each choose the config; pass one of "
+                         "them (use --set to change fields).")
+    if args.resume:
+        run = resumable_run(args.resume)  # the one RunDir of this run
+        return apply_overrides(run.load_config(), args.overrides), run, "run"
+    if args.data:
+        from .training.quickstart import config_for_data
+        config, lines = config_for_data(args.data, args.image_size, args.channels, args.epochs,
+                                        args.overrides)
+        print("\n".join(lines), flush=True)
+        return config, None, Path(args.data).stem
+    if args.image_size or args.channels or args.epochs:
+        raise EffcnError("--image-size, --channels and --epochs go with --data; with a config "
+                         "use --set (e.g. --set train.epochs=5).")
+    name = Path(args.config).stem if args.config else "run"
+    return load_config(args.config, args.overrides), None, name
 
 
 def cmd_eval(args) -> int:

@@ -5,7 +5,9 @@ Convention for an entry of ``DATASETS`` (name -> class): the class takes
 classmethods ``search_dirs(root) -> [Path]`` (folders searched, in order) and
 ``locate(root, split) -> Path | None`` (the folder holding that split, without reading it),
 and names its splits in ``splits`` (a tuple) or as the keys of a ``files`` dict.
-Items are ``(image uint8 tensor (C, H, W), int label)``.
+Items are ``(image uint8 tensor (C, H, W), int label)``. A class that also takes
+``options=ImageOptions(...)`` (your own images: ``folder``, ``arrays``) sets
+``takes_image_options = True``; training passes the data section's image fields.
 
 The dataset modules are imported on first use of ``DATASETS`` or a class name (PEP 562), so
 ``effcn.data.transforms`` and ``effcn.data.geometry`` load without any dataset module.
@@ -24,11 +26,13 @@ _CLASSES = {  # public class -> its module under effcn.data
     "FashionMNIST": "fashion_mnist", "SmallNORB": "smallnorb", "CIFAR10": "cifar10",
     "MNIST40": "affnist", "AffNIST": "affnist", "AffNISTStyle": "affnist",
     "MultiMNIST": "multimnist", "MNISTNumbers": "numbers",
+    "ImageFolder": "folder", "ArrayFile": "folder",
 }
 _REGISTERED = {  # registry key -> class name
     "mnist": "MNIST", "idx": "IDXFolder", "fashion_mnist": "FashionMNIST",
     "smallnorb": "SmallNORB", "cifar10": "CIFAR10", "mnist40": "MNIST40", "affnist": "AffNIST",
     "affnist_style": "AffNISTStyle", "multimnist": "MultiMNIST", "mnist_numbers": "MNISTNumbers",
+    "folder": "ImageFolder", "arrays": "ArrayFile",
 }
 
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Union
 
+from effcn._version import __version__
 from effcn.errors import DataError, filesystem_error
 from effcn.io import writing_error
 
@@ -19,7 +20,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 Check = Callable[[Path], None]
 
 _CHUNK = 1 << 20
-USER_AGENT = "effcn (https://pypi.org/project/effcn)"
+USER_AGENT = f"effcn/{__version__}"
 
 
 def sha256_bytes(data: bytes) -> str:

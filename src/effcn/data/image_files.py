@@ -123,7 +123,8 @@ def _too_large(path: Path, pixels: int | None, max_pixels: int, sides: str = "")
                 else "declares more pixels than Pillow will open")
     return DataError(f"image {path} {declared}, more than the limit of {max_pixels:,} (a "
                      f"'decompression bomb' guard checked before decoding); shrink it, or raise "
-                     f"the limit (effcn predict --max-pixels) if you trust the file.")
+                     f"the limit (effcn predict --max-pixels; training: data.max_pixels) if you "
+                     f"trust the file.")
 
 
 def _broken(path: Path, err: BaseException) -> DataError:

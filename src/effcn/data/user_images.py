@@ -32,14 +32,14 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
     return image_array(path, channels, max_pixels).astype(np.float32) / 255.0
 
 
-def _resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_float(a: np.ndarray, height: int, width: int) -> np.ndarray:
     """Anti-aliased resize of a float image (H, W) or (H, W, 3) with Pillow's Lanczos filter."""
     Image = pillow()
     if a.ndim == 2:
         out = Image.fromarray(a.astype(np.float32), mode="F").resize((width, height),
                                                                     Image.LANCZOS)
         return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
-    return np.stack([_resize(a[..., c], height, width) for c in range(a.shape[2])], axis=-1)
+    return np.stack([resize_float(a[..., c], height, width) for c in range(a.shape[2])], axis=-1)
 
 
 def mnist_style(grey: np.ndarray, invert: bool | None = None, name: str = "the image"
@@ -66,7 +66,7 @@ def mnist_style(grey: np.ndarray, invert: bool | None = None, name: str = "the i
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape
     scale = MNIST_BOX / max(h, w)
-    box = _resize(crop, max(1, round(h * scale)), max(1, round(w * scale)))
+    box = resize_float(crop, max(1, round(h * scale)), max(1, round(w * scale)))
     # centre of mass of the fitted box -> the canvas centre (integer shift, as MNIST did)
     ys, xs = np.mgrid[0:box.shape[0], 0:box.shape[1]]
     mass = box.sum()
@@ -105,7 +105,7 @@ def load_image(path: str | Path, size: int, channels: int, invert: bool | None =
                 raise EffcnError(f"image {path} is {a.shape[1]}x{a.shape[0]} pixels but the "
                                  f"model takes {size}x{size}; resize it to {size}x{size} first "
                                  f"(or drop --no-preprocess).")
-            a = _resize(a, size, size)
+            a = resize_float(a, size, size)
         if invert:
             a = 1.0 - a
     x = torch.from_numpy(np.ascontiguousarray(a))

@@ -36,6 +36,8 @@ DATASETS = {
     "mnist_numbers": ("MNIST numbers (MNIST digits side by side)", "as MNIST: unknown: check",
                       "ylecun/mnist"),
     "idx": ("your own images in MNIST's IDX layout", "yours: state it", ""),
+    "folder": ("your own image files (a folder of class sub-folders)", "yours: state it", ""),
+    "arrays": ("your own images in a NumPy file", "yours: state it", ""),
 }
 
 

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..data.image_files import MAX_PIXELS
+
 
 @dataclass
 class ModelSection:
@@ -23,7 +25,8 @@ class ModelSection:
 class DataSection:
     dataset: str = "mnist"                  # a registered dataset (effcn datasets)
     root: Optional[str] = None              # folder with the files; None: $EFFCN_DATA, cache
-    download: bool = False
+    download: bool = True                   # fetch (checksummed) when not found; datasets that
+                                            # cannot be downloaded say where to put their files
     val_size: int = 5000                    # validation images carved out of the training set
     protocol: str = "honest"                # honest (select on val) | authors (train on all,
                                             # select on TEST: labelled test-selected everywhere)
@@ -31,6 +34,13 @@ class DataSection:
     train_subset: int = 0                   # >0: train on this many images only (CPU budgets)
     augment: str = "paper"                  # paper | none | parts joined by '+', e.g. rotate+erase
     pixel_divisor: float = 255.0            # uint8 -> float: x / this (the authors' MNIST: 256)
+    # Your own images (data.dataset folder | arrays; data/folder.py), made uint8 once at load:
+    image_size: int = 0                     # side of the square images; 0: the model's input size
+    channels: int = 0                       # 1 | 3; 0: the model's input channels
+    fit: str = "resize"                     # resize (stretch) | pad (keep aspect ratio, black)
+    test_fraction: float = 0.1              # held out as test (seeded) when there is no test split
+    skip_bad_files: bool = False            # skip (and list) unreadable image files, not stop
+    max_pixels: int = MAX_PIXELS           # image files declaring more pixels are refused
 
 
 @dataclass

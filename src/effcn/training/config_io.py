@@ -27,15 +27,17 @@ CHOICES = {
     "schedule.name": ("exp_decay", "constant", "step", "cosine", "onecycle", "plateau"),
     "train.amp": ("auto", "bf16", "off"),
     "data.protocol": ("honest", "authors"),
+    "data.fit": ("resize", "pad"),
     "train.test_amp": ("auto", "bf16", "off"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
     "train.cuda_graph": ("auto", "on", "off"),
 }
 POSITIVE = ("optim.lr", "data.pixel_divisor", "train.epochs", "train.batch_size", "train.eval_batch_size",
             "train.log_every", "schedule.decay", "schedule.step_size", "schedule.factor",
-            "data.val_size")  # the validation split picks the best checkpoint: it cannot be empty
+            "data.val_size", "data.max_pixels", "data.test_fraction")  # the validation split picks the best checkpoint: it cannot be empty
 NON_NEGATIVE = ("optim.weight_decay", "optim.momentum", "optim.eps", "schedule.min_lr",
                 "schedule.gamma", "schedule.patience", "data.train_subset",
+                "data.image_size", "data.channels",
                 "train.recon_weight", "train.ema_decay", "run.recon_every", "run.checkpoint_every",
                 "run.checkpoint_every_steps")
 

@@ -1,13 +1,15 @@
 """The train / validation / test splits of a config, as uint8 tensors on the device.
 
 The validation split is a fixed random part of the training set (data.val_size images chosen by
-data.split_seed); model selection uses it, and the test split is evaluated once, at the end.
+data.split_seed), or the dataset's own val split where it has one (a folder's val/); model
+selection uses it, and the test split is evaluated once, at the end.
 Training and evaluation both take their images from here, so they always agree on the split.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,10 +18,12 @@ from ..errors import ConfigError
 
 @dataclass
 class Split:
-    """uint8 images (N, C, H, W) and int64 labels (N,), with the dataset's class names."""
+    """uint8 images (N, C, H, W) and int64 labels (N,), with the dataset's class names and its
+    notes (what a folder dataset held out or skipped: one sentence each, for the log)."""
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list
+    notes: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -34,7 +38,27 @@ def load_dataset(config, split: str):
     """The dataset object of ``split`` ('train' or 'test') as configured."""
     from ..data import get_dataset
     cls = get_dataset(config.data.dataset)
-    return cls(root=config.data.root, split=split, download=config.data.download)
+    extra = {"options": image_options(config)} if getattr(cls, "takes_image_options", False) else {}
+    return cls(root=config.data.root, split=split, download=config.data.download, **extra)
+
+
+def image_options(config):
+    """The data section's image fields for your own images (data/folder.py); size and channels
+    0 -> the model's input."""
+    from ..data.folder import ImageOptions
+    from ..models import default_config, input_shape
+    d = config.data
+    size, channels = d.image_size, d.channels
+    if not size or not channels:
+        c, h, w = input_shape(dataclasses.replace(default_config(config.model.name),
+                                                  **config.model.args))
+        if not size and h != w:
+            raise ConfigError(f"model {config.model.name} takes {h}x{w} images; your own images "
+                              f"are made square, so set data.image_size and a square model.")
+        size, channels = size or h, channels or c
+    return ImageOptions(image_size=size, channels=channels, fit=d.fit,
+                        skip_bad_files=d.skip_bad_files, max_pixels=d.max_pixels,
+                        test_fraction=d.test_fraction, split_seed=d.split_seed)
 
 
 def train_val_split(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,18 +107,22 @@ def load_train_val(config, device) -> tuple[Split, Split]:
     epochs are selected on the TEST split: its figures are then test-selected, and say so."""
     ds = load_dataset(config, "train")
     images, labels = as_nchw(ds.images), ds.labels.long()
-    names = list(getattr(ds, "classes", []))
+    names, notes = list(getattr(ds, "classes", [])), list(getattr(ds, "notes", []))
     authors = config.data.protocol == "authors"
-    if authors:
+    own_val = not authors and getattr(ds, "has_val_split", False)
+    if authors or own_val:
         train_idx = torch.arange(len(labels))
     else:
         train_idx, val_idx = train_val_split(len(labels), config.data.val_size,
                                              config.data.split_seed)
     if config.data.train_subset:
         train_idx = train_idx[: config.data.train_subset]
-    train = Split(images[train_idx].to(device), labels[train_idx].to(device), names)
+    train = Split(images[train_idx].to(device), labels[train_idx].to(device), names, notes)
     if authors:
         return train, load_test(config, device)
+    if own_val:
+        val = load_dataset(config, "val")
+        return train, Split(as_nchw(val.images).to(device), val.labels.long().to(device), names)
     return train, Split(images[val_idx].to(device), labels[val_idx].to(device), names)
 
 

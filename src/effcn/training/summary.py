@@ -70,6 +70,8 @@ def write_summary(run: RunDir, config, task, state: TrainState, device, test: di
         "protocol": config.data.protocol,
         "selection": TEST_SELECTED if selects_on_test(config) else "validation split",
     }
+    if state.data.train.notes:  # what a folder dataset held out or skipped (data/folder.py)
+        summary["data_notes"] = state.data.train.notes
     write_json(run.summary_path, summary)
     return summary
 

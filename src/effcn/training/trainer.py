@@ -236,6 +236,10 @@ class Trainer:
                      f"on the TEST split; every figure of this run is {TEST_SELECTED}")
         self.say(f"run directory: {self.run_dir}  ({self.n_train} train / {self.n_val} val "
                  f"{self.task.split_items}, device {self.device}, {self.precision})")
+        if hasattr(self.state.model, "describe_primary"):  # "primary capsules: 9x9 depthwise ..."
+            self.say(self.state.model.describe_primary())
+        for note in self.state.data.train.notes:  # what a folder dataset held out or skipped
+            self.say(f"data: {note}")
         self.state.fit_started = time.perf_counter()
         self._callbacks_started = True
         self._emit("on_fit_start")
