@@ -298,10 +298,14 @@ def shift_amounts(
     return torch.floor(frac * ((margin + down) * sign)).long()
 
 
+_PLACED: Dict[tuple, Tuple[torch.Tensor, ...]] = {}  # _placed_bank's tensors, per key
+
+
 def _placed_bank(height: int, width: int, device: torch.device, dtype: torch.dtype):
-    """``(rows, placed)``: :func:`lanczos_bank`'s row weights, and its column weights padded to
-    (W + 1, 3W, W) so that one lookup places them: ``placed[k, W + j] = bank[k, j]`` for
-    ``j < W``, every other row 0, and ``placed[W]`` all 0 (a shrink by the whole width)."""
+    """``(rows, placed, columns)``: :func:`lanczos_bank`'s row weights; its column weights
+    padded to (W + 1, 3W, W) so that one lookup places them: ``placed[k, W + j] = bank[k, j]``
+    for ``j < W``, every other row 0, and ``placed[W]`` all 0 (a shrink by the whole width);
+    and ``columns`` = ``W + arange(W)``, the rows of output columns placed at offset 0."""
     key = ("placed", height, width, str(device), dtype)
     if key not in _PLACED:
         rows, bank = lanczos_bank(height, width, device, dtype)
@@ -309,9 +313,6 @@ def _placed_bank(height: int, width: int, device: torch.device, dtype: torch.dty
         placed[:width, width:2 * width] = bank
         _PLACED[key] = (rows, placed, width + torch.arange(width, device=device))
     return _PLACED[key]
-
-
-_PLACED: Dict[tuple, Tuple[torch.Tensor, ...]] = {}
 
 
 def squish(
