@@ -173,6 +173,43 @@ def test_margins():
     assert margins(x).tolist() == [[3, 18, 5, 1], [0, 0, 0, 0]]
 
 
+def test_margins_translate_and_erase_match_per_sample_slicing():
+    """Odd sizes, several channels, empty images, shifts and corners beyond the image."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(40, 3, 13, 17, generator=g) > 0.97).float()
+    x[:3] = 0
+    x[5, 2, 12, 0] = 1  # content only in the last channel, bottom-left pixel
+    shifts = torch.randint(-20, 21, (40, 2), generator=g)
+    corners = torch.randint(-5, 20, (40, 2), generator=g)
+    moved, edges = translate(x, shifts), margins(x)
+    for b in range(40):
+        rows = x[b].amax(dim=(0, 2)).nonzero().flatten().tolist()
+        cols = x[b].amax(dim=(0, 1)).nonzero().flatten().tolist()
+        expected = [rows[0], 12 - rows[-1], cols[0], 16 - cols[-1]] if rows else [0, 0, 0, 0]
+        assert edges[b].tolist() == expected
+        dy, dx = shifts[b].tolist()
+        want = torch.zeros(3, 13, 17)
+        if abs(dy) < 13 and abs(dx) < 17:
+            want[:, max(dy, 0):13 + min(dy, 0), max(dx, 0):17 + min(dx, 0)] = \
+                x[b, :, max(-dy, 0):13 - max(dy, 0), max(-dx, 0):17 - max(dx, 0)]
+        assert torch.equal(moved[b], want)
+        cy, cx = corners[b].tolist()
+        patch = torch.ones(13, 17)
+        patch[max(cy, 0):max(cy + 3, 0), max(cx, 0):max(cx + 3, 0)] = 0
+        assert torch.equal(erase(x, corners, 3)[b], x[b] * patch)
+    assert torch.equal(erase(x, corners, 0), x)  # a 0-pixel patch erases nothing
+
+
+def test_squish_by_the_whole_width_is_empty_and_by_nothing_is_a_shift():
+    x = torch.rand(1, 1, 28, 28).repeat(4, 1, 1, 1)
+    shrink, offset = torch.tensor([28, 0, 0, 0]), torch.tensor([0, 0, 3, -2])
+    out = squish(x, shrink, offset)
+    assert torch.equal(out[0], torch.zeros(1, 28, 28))
+    # no shrink: the (near-identity) Lanczos pass of the unchanged size, placed at the offset
+    assert torch.allclose(out[2, ..., 3:], out[1, ..., :-3]) and (out[2, ..., :3] == 0).all()
+    assert torch.allclose(out[3, ..., :-2], out[1, ..., 2:]) and (out[3, ..., -2:] == 0).all()
+
+
 def test_rotate_direction_and_rigidity_about_the_true_centre():
     # rotation_centre="centre" (effcn's earlier default): 90 degrees is exactly rot90.
     x = disc_images(3)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from effcn.errors import ConfigError
-from effcn.tools.bench import BenchSettings, EffcnContender, count_kernels, kernels_per_step
+from effcn.tools.bench import (BenchSettings, EffcnContender, count_kernels, kernel_ops,
+                               kernels_per_step)
 from effcn.training.config_io import load_config
 from effcn.training.cuda_graph import graph_refusal, use_cuda_graph
 from effcn.training.ema import EMA
@@ -138,6 +139,21 @@ def test_kernels_per_step_are_counted_and_drop_without_augmentation():
     without = kernels_per_step(contender(augment="none"))
     assert isinstance(with_aug, int) and 0 < without < with_aug
     assert count_kernels(lambda: torch.zeros(3).view(3, 1).t()) == 1  # a view is no kernel
+
+
+def test_kernel_parts_add_up_to_the_step():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_parts.py"
+    spec = importlib.util.spec_from_file_location("kernel_parts", path)
+    kernel_parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel_parts)
+    c = contender()
+    parts = kernel_parts.part_ops(c)
+    total = sum(sum(ops.values()) for ops in parts.values())
+    assert 0 < total <= count_kernels(c.train_step)
+    assert parts["optimizer step"] and "aten::randn" in parts["batch composition + augmentation"]
+    assert sum(kernel_ops(lambda: torch.zeros(3) + 1).values()) == 2
 
 
 @cuda_only

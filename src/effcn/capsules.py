@@ -32,7 +32,8 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = EPS) -> torch.Tensor:
     Keeps the direction of s and maps its length |s| to 1 - exp(-|s|) in [0, 1).
     """
     norm = torch.linalg.vector_norm(s, dim=dim, keepdim=True)
-    return (1 - 1 / (torch.exp(norm) + eps)) * s / (norm + eps)
+    # reciprocal() is 1 / x exactly, in one kernel (1 / x dispatches reciprocal, then * 1)
+    return (1 - (torch.exp(norm) + eps).reciprocal()) * s / (norm + eps)
 
 
 def squash_hinton(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
@@ -244,10 +245,10 @@ def mask_capsules(capsules: torch.Tensor, labels: torch.Tensor | None = None) ->
         return (capsules * mask.unsqueeze(-1)).flatten(1)
     with torch.no_grad():  # resolved on the device (no host sync); true labels pass unchanged
         longest = torch.linalg.vector_norm(capsules, dim=-1).argmax(dim=1)
-        keep = torch.where(labels == PREDICTED, longest, labels).clamp(min=0)
-        mask = F.one_hot(keep, capsules.shape[1]).to(capsules.dtype)
-        mask = torch.where((labels == ALL_CAPSULES).unsqueeze(1), torch.ones_like(mask), mask)
-    return (capsules * mask.unsqueeze(-1)).flatten(1)
+        keep = torch.where(labels == PREDICTED, longest, labels)
+        classes = torch.arange(capsules.shape[1], device=capsules.device)
+        mask = (keep[:, None] == classes) | (labels == ALL_CAPSULES)[:, None]  # (B, N) bool
+    return (capsules * mask.unsqueeze(-1)).flatten(1)  # times 1 or 0, as a 0/1 float mask
 
 
 def capsule_lengths(capsules: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -8,10 +8,44 @@ through ``affine_grid`` + ``grid_sample``. Shifts are ``(dy, dx)`` pixels, +dy d
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+
+_CONSTANTS: Dict[tuple, Tuple[torch.Tensor, ...]] = {}  # per (what, size, device): see _constants
+
+
+def _constants(what: str, h: int, w: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """Index and weight tensors that depend only on the image size, built once per device (so a
+    batch does not spend a kernel per ``arange``):
+
+    - ``"lines"``: ``(position, axis, low, high)``, each (H+W,) int64: the rows 0..H-1 then the
+      columns 0..W-1, which axis each belongs to (0: rows, 1: columns), and 0 / H-1 or W-1;
+    - ``"margins"``: ``(weights (4, H+W), sizes (4,))`` int64, see :func:`margins`.
+    """
+    key = (what, h, w, str(device))
+    if key not in _CONSTANTS:
+        rows, cols = torch.arange(h), torch.arange(w)
+        zero_h, zero_w = torch.zeros(h, dtype=torch.long), torch.zeros(w, dtype=torch.long)
+        if what == "lines":
+            values = (torch.cat([rows, cols]), torch.cat([zero_h, zero_w + 1]),
+                      torch.zeros(h + w, dtype=torch.long),
+                      torch.cat([zero_h + h - 1, zero_w + w - 1]))
+        else:  # margins: the first / last line with content, as negative numbers (see margins)
+            values = (torch.stack([torch.cat([rows - h, zero_w]), torch.cat([-(rows + 1), zero_w]),
+                                   torch.cat([zero_h, cols - w]), torch.cat([zero_h, -(cols + 1)])]),
+                      torch.tensor([h, h, w, w]))
+        _CONSTANTS[key] = tuple(v.to(device) for v in values)
+    return _CONSTANTS[key]
+
+
+def line_offsets(offsets: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, H+W) int64: each row index 0..H-1 minus ``offsets[:, 0]``, then each column index
+    0..W-1 minus ``offsets[:, 1]``; ``offsets`` (B, 2) integer (dy, dx) pixels."""
+    position, axis, _, _ = _constants("lines", h, w, offsets.device)
+    return position - offsets.long()[:, axis]
 
 
 def margins(images: torch.Tensor) -> torch.Tensor:
@@ -19,31 +53,26 @@ def margins(images: torch.Tensor) -> torch.Tensor:
 
     A pixel is content when it is > 0 in any channel; an all-zero image has margins 0.
     """
+    _, _, h, w = images.shape
     occupied = (images > 0).any(dim=1)  # (B, H, W)
-    rows, cols = occupied.any(dim=2), occupied.any(dim=1)  # (B, H), (B, W)
-
-    def first_true(mask: torch.Tensor) -> torch.Tensor:  # argmax returns the first maximum
-        return mask.to(torch.uint8).argmax(dim=1)
-
-    out = torch.stack(
-        [first_true(rows), first_true(rows.flip(1)), first_true(cols), first_true(cols.flip(1))],
-        dim=1,
-    )
-    return out * rows.any(dim=1, keepdim=True)
+    lines = torch.cat([occupied.any(dim=2), occupied.any(dim=1)], dim=1)  # (B, H+W): rows, cols
+    # The smallest of (row - H) over the occupied rows is (first - H), of -(row + 1) it is
+    # -(last + 1); both lie in [-H, -1], so modulo H they are the top and bottom margins, and
+    # without content (minimum 0) both are 0. Likewise for the columns.
+    weights, sizes = _constants("margins", h, w, images.device)
+    return torch.remainder((lines[:, None, :] * weights).amin(dim=2), sizes)
 
 
 def translate(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Move (B, C, H, W) images by integer ``shifts`` (B, 2) (dy, dx) pixels, zero fill. Exact."""
     b, c, h, w = images.shape
-    shifts = shifts.to(device=images.device, dtype=torch.long)
-    src_rows = torch.arange(h, device=images.device) - shifts[:, :1]  # (B, H)
-    src_cols = torch.arange(w, device=images.device) - shifts[:, 1:]  # (B, W)
-    valid = ((src_rows >= 0) & (src_rows < h))[:, None, :, None] & (
-        (src_cols >= 0) & (src_cols < w)
-    )[:, None, None, :]
-    out = images.gather(2, src_rows.clamp(0, h - 1)[:, None, :, None].expand(b, c, h, w))
-    out = out.gather(3, src_cols.clamp(0, w - 1)[:, None, None, :].expand(b, c, h, w))
-    return out.masked_fill(~valid, 0)
+    source = line_offsets(shifts.to(images.device), h, w)  # (B, H+W): source row, then column
+    _, _, low, high = _constants("lines", h, w, images.device)
+    clamped = source.clamp(low, high)
+    valid = clamped == source
+    out = images.gather(2, clamped[:, None, :h, None].expand(b, c, h, w))
+    out = out.gather(3, clamped[:, None, None, h:].expand(b, c, h, w))
+    return torch.where(valid[:, None, :h, None] & valid[:, None, None, h:], out, 0)
 
 
 def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ launch on a GPU). No dataset is needed.
 
 from __future__ import annotations
 
+import collections
 import resource
 import statistics
 import sys
@@ -186,16 +187,9 @@ METADATA_OPS = frozenset(f"aten::{name}" for name in (
     "set_", "size", "stride", "dim", "item", "_local_scalar_dense_noop"))
 
 
-def count_kernels(fn) -> int:
-    """How many kernels one call of ``fn()`` dispatches, counted with torch.profiler on the CPU.
-
-    The count: top-level ``aten::`` operators (those not called from inside another aten
-    operator; autograd's backward nodes run theirs at top level too) whose call reaches at least
-    one operator that is not in :data:`METADATA_OPS`, i.e. that runs a kernel rather than only
-    making a view, an empty tensor or a no-op conversion. One fused operator (e.g.
-    ``aten::_fused_adam_`` over every parameter) counts once. On CUDA each such operator
-    launches about one kernel; this is the launch-bound cost a CUDA graph removes.
-    """
+def kernel_ops(fn) -> "collections.Counter[str]":
+    """The operators of one call of ``fn()`` that :func:`count_kernels` counts, by name
+    (``{"aten::mul": 7, ...}``), for finding which code spends them."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -207,9 +201,25 @@ def count_kernels(fn) -> int:
             while node is not None and node.name.startswith("aten::"):
                 runs_kernel[id(node)] = True
                 node = node.cpu_parent
-    return sum(1 for e in events
-               if (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
-               and runs_kernel.get(id(e), False))
+    return collections.Counter(
+        e.name for e in events
+        if (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+        and runs_kernel.get(id(e), False))
+
+
+def count_kernels(fn) -> int:
+    """How many kernels one call of ``fn()`` dispatches, counted with torch.profiler on the CPU.
+
+    The count: top-level ``aten::`` operators (those not called from inside another aten
+    operator; autograd's backward nodes run theirs at top level too) whose call reaches at least
+    one operator that is not in :data:`METADATA_OPS`, i.e. that runs a kernel rather than only
+    making a view, an empty tensor or a no-op conversion. One fused operator (e.g.
+    ``aten::_fused_adam_`` over every parameter) counts once. On CUDA each such operator
+    launches about one kernel; this is the launch-bound cost a CUDA graph removes. (A cast that
+    autocast makes inside an operator, e.g. a weight to bf16 inside ``aten::conv2d``, is part of
+    that operator's count of one.)
+    """
+    return sum(kernel_ops(fn).values())
 
 
 def kernels_per_step(contender: "EffcnContender") -> int:

@@ -64,7 +64,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from effcn.data.geometry import margins, translate, warp_affine
+from effcn.data.geometry import line_offsets, margins, translate, warp_affine
 from effcn.data.transforms.cv2_tf import cv2_rotate, cv2_rotate_whole_degrees, lanczos_bank
 from effcn.errors import ConfigError
 
@@ -222,10 +222,11 @@ def sample_params(
 
     angle = torch.trunc(normal(*shape).clamp(-cfg.clip, cfg.clip) * cfg.max_rotation)
     rotate = uniform(*shape) < cfg.rotate_prob
-    shift_sign = (uniform(batch_size, 2) < 0.5).long() * 2 - 1
+    shift_sign = torch.where(uniform(batch_size, 2) < 0.5, 1, -1)
     shift_frac = fraction(batch_size, 2)
-    squish_w = torch.floor(fraction(*shape) * cfg.squish_max_for(width) + 1).long()
-    squish_offset = squish_w // 2 + torch.floor(fraction(*shape) * cfg.squish_extra_offset).long()
+    # floor(...).long() of values >= 0: .long() truncates, which is the floor there
+    squish_w = (fraction(*shape) * cfg.squish_max_for(width) + 1).long()
+    squish_offset = squish_w // 2 + (fraction(*shape) * cfg.squish_extra_offset).long()
     (y_lo, y_hi), (x_lo, x_hi) = cfg.erase_range_for(height), cfg.erase_range_for(width)
     erase_y = torch.randint(y_lo, y_hi + 1, shape, generator=generator, device=device)
     erase_x = torch.randint(x_lo, x_hi + 1, shape, generator=generator, device=device)
@@ -286,23 +287,32 @@ def shift_amounts(
     if rounding not in SHIFT_ROUNDINGS:
         raise ConfigError(f"Unknown shift rounding {rounding!r}: use one of "
                           f"{', '.join(SHIFT_ROUNDINGS)}.")
-    top, bottom, left, right = margins(images).unbind(dim=1)
-    sign = sign.to(images.device)
+    edges = margins(images)  # (B, 4): top, bottom, left, right
+    sign = sign.to(device=images.device, dtype=torch.long)
     frac = frac.to(device=images.device, dtype=torch.float32)
     down = sign > 0
-    margin = torch.stack(
-        [torch.where(down[:, 0], bottom, top), torch.where(down[:, 1], right, left)], dim=1
-    ).to(torch.float32)
+    margin = torch.where(down, edges[:, 1::2], edges[:, 0::2])  # (B, 2) towards the chosen side
     if rounding == "floor":
         return sign * torch.floor(frac * margin).long()
-    return torch.where(down, torch.floor(frac * (margin + 1)), torch.floor(-frac * margin)).long()
+    # frac * (margin + 1) downwards, frac * -margin = -(frac * margin) upwards, exactly
+    return torch.floor(frac * ((margin + down) * sign)).long()
 
 
-def _placed(weights: torch.Tensor, offset: torch.Tensor, new_width: torch.Tensor) -> torch.Tensor:
-    """Zero the rows of (B, W_out, W_in) ``weights`` outside ``[offset, offset + new_width)``."""
-    out_col = torch.arange(weights.shape[1], device=weights.device)[None, :]
-    inside = (out_col >= offset[:, None]) & (out_col < (offset + new_width)[:, None])
-    return weights * inside[:, :, None].to(weights.dtype)
+_PLACED: Dict[tuple, Tuple[torch.Tensor, ...]] = {}  # _placed_bank's tensors, per key
+
+
+def _placed_bank(height: int, width: int, device: torch.device, dtype: torch.dtype):
+    """``(rows, placed, columns)``: :func:`lanczos_bank`'s row weights; its column weights
+    padded to (W + 1, 3W, W) so that one lookup places them: ``placed[k, W + j] = bank[k, j]``
+    for ``j < W``, every other row 0, and ``placed[W]`` all 0 (a shrink by the whole width);
+    and ``columns`` = ``W + arange(W)``, the rows of output columns placed at offset 0."""
+    key = ("placed", height, width, str(device), dtype)
+    if key not in _PLACED:
+        rows, bank = lanczos_bank(height, width, device, dtype)
+        placed = bank.new_zeros(width + 1, 3 * width, width)
+        placed[:width, width:2 * width] = bank
+        _PLACED[key] = (rows, placed, width + torch.arange(width, device=device))
+    return _PLACED[key]
 
 
 def squish(
@@ -310,7 +320,7 @@ def squish(
 ) -> torch.Tensor:
     """Squeeze (B, C, H, W) images horizontally to ``W - shrink`` columns placed at ``offset``.
 
-    ``shrink`` and ``offset`` are (B,) integer pixels; columns outside
+    ``shrink`` (in [0, W]) and ``offset`` are (B,) integer pixels; columns outside
     ``[offset, offset + W - shrink)`` become 0 (anything past column W is cropped), as the
     authors' ``pad_to_bounding_box`` + ``crop_to_bounding_box``.
 
@@ -326,14 +336,15 @@ def squish(
     device = images.device
     shrink = shrink.to(device=device, dtype=torch.long)
     offset = offset.to(device=device, dtype=torch.long)
-    new_width = width - shrink  # (B,)
     if resample == "lanczos3":
-        rows, bank = lanczos_bank(height, width, device, images.dtype)
-        # Output column c takes resized column c - offset: gather the bank's rows per sample.
-        src = (torch.arange(width, device=device)[None, :] - offset[:, None]).clamp(0, width - 1)
-        weights = _placed(bank[shrink.clamp(0, width - 1)[:, None], src], offset, new_width)
+        rows, placed, columns = _placed_bank(height, width, device, images.dtype)
+        # Output column c takes resized column c - offset, i.e. row W + c - offset of the padded
+        # bank: outside [offset, offset + W - shrink) that row is 0.
+        src = (columns[None, :] - offset[:, None]).clamp(0, 3 * width - 1)
+        weights = placed[shrink.clamp(0, width)[:, None], src]  # (B, W_out, W_in)
         tall = torch.einsum("yi,bcix->bcyx", rows, images)
         return torch.einsum("bcyx,bkx->bcyk", tall, weights)
+    new_width = width - shrink  # (B,)
     scale = (width / new_width.to(torch.float32))[:, None, None]  # input px per output px
     out_col = torch.arange(width, device=device)[None, :, None]  # (1, W_out, 1)
     in_col = torch.arange(width, device=device, dtype=torch.float32)[None, None, :]  # (1, 1, W_in)
@@ -346,13 +357,12 @@ def squish(
 
 def erase(images: torch.Tensor, corners: torch.Tensor, size: int = 4) -> torch.Tensor:
     """Zero a ``size`` x ``size`` patch at top-left ``corners`` (B, 2) (row, col), all channels."""
+    if size <= 0:
+        return images
     _, _, h, w = images.shape
-    corners = corners.to(device=images.device, dtype=torch.long)
-    rows = torch.arange(h, device=images.device)[None, :] - corners[:, :1]  # (B, H)
-    cols = torch.arange(w, device=images.device)[None, :] - corners[:, 1:]  # (B, W)
-    in_rows = (rows >= 0) & (rows < size)
-    in_cols = (cols >= 0) & (cols < size)
-    return images.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)
+    inside = line_offsets(corners.to(images.device), h, w)  # (B, H+W): row - y, then col - x
+    inside = inside.clamp(0, size - 1) == inside  # 0 <= row - y < size, likewise the columns
+    return images.masked_fill(inside[:, None, :h, None] & inside[:, None, None, h:], 0)
 
 
 def apply_params(

@@ -24,6 +24,12 @@ class Batch(NamedTuple):
     rows: Optional[Any] = None
 
 
+def scaled_pixels(images: torch.Tensor, divisor: float) -> torch.Tensor:
+    """float32 ``images.float() / divisor``, not in place; integer pixels (uint8) in one kernel
+    (the division converts them), so a batch spends no separate cast."""
+    return images.float().div(divisor) if images.is_floating_point() else images.div(divisor)
+
+
 class EvalSet:
     """A fixed evaluation set: ``len()`` items, composed ``batch(start, stop)`` at a time."""
 

@@ -11,7 +11,7 @@ import torch
 
 from ...capsules import margin_loss, reconstruction_loss
 from ...errors import ConfigError
-from .base import Batch, EvalSet, Task
+from .base import Batch, EvalSet, Task, scaled_pixels
 
 
 def eval_transform_of(augment):
@@ -51,7 +51,7 @@ class ImageSet(EvalSet):
         return len(self.labels)
 
     def batch(self, start: int, stop: int) -> Batch:
-        x = self.images[start:stop].float().div_(self.divisor)
+        x = scaled_pixels(self.images[start:stop], self.divisor)
         if self.transform is not None:
             x = self.transform(x)
         return Batch(x, self.labels[start:stop])
@@ -91,9 +91,8 @@ class ClassificationTask(Task):
                               f"model.args.num_classes.")
 
     def train_batch(self, idx, generator) -> Batch:
-        x = self.augment(self.train_x[idx].float().div_(self.config.data.pixel_divisor),
-                         generator=generator)
-        return Batch(x, self.train_y[idx])
+        return Batch(self.augment(scaled_pixels(self.train_x[idx], self.config.data.pixel_divisor),
+                                  generator=generator), self.train_y[idx])
 
     def loss(self, model, out, batch: Batch):
         return classification_loss_parts(model, out, batch.x, batch.y,

@@ -23,7 +23,7 @@ import dataclasses
 
 from ...data.numbers import NumberSet, epoch_table, number_labels, number_names, side_by_side
 from ...errors import ConfigError
-from .base import Batch, EvalSet, check_fields
+from .base import Batch, EvalSet, check_fields, scaled_pixels
 from .classification import ClassificationTask
 
 VAL_SEED, TEST_SEED = 1, 0
@@ -59,7 +59,7 @@ class NumberImages(EvalSet):
 
     def batch(self, start: int, stop: int) -> Batch:
         x, y = self.numbers.batch(start, stop)
-        return Batch(x.float().div_(self.divisor), y)
+        return Batch(scaled_pixels(x, self.divisor), y)
 
     def describe(self) -> dict:
         return {"images": len(self), "digits_per_image": self.numbers.k,
@@ -121,7 +121,7 @@ class NumbersTask(ClassificationTask):
     def train_batch(self, idx, generator) -> Batch:
         """The numbers of rows ``idx`` (B, k): each digit augmented, then placed side by side."""
         b, k = idx.shape
-        x = self.augment(self.train_x[idx.reshape(-1)].float().div_(self.config.data.pixel_divisor),
+        x = self.augment(scaled_pixels(self.train_x[idx.reshape(-1)], self.config.data.pixel_divisor),
                          generator=generator)
         return Batch(side_by_side(x.view(b, k, *x.shape[1:])), number_labels(self.train_y[idx]))
 

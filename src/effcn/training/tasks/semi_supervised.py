@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ...capsules import ALL_CAPSULES, PREDICTED, reconstruction_loss
 from ...errors import ConfigError
 from ..splits import labeled_subset
-from .base import Batch, check_fields
+from .base import Batch, check_fields, scaled_pixels
 from .classification import ClassificationTask, classification_loss_parts
 
 
@@ -140,7 +140,7 @@ class SemiSupervisedTask(ClassificationTask):
     # ------------------------------------------------------------- batches
     def _views(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augmented float images of training indices ``idx`` (one draw per row)."""
-        return self.augment(self.train_x[idx].float().div_(self.config.data.pixel_divisor),
+        return self.augment(scaled_pixels(self.train_x[idx], self.config.data.pixel_divisor),
                             generator=generator)
 
     def train_batch(self, idx, generator) -> Batch:
