@@ -144,6 +144,32 @@ def test_readers_never_wait_for_a_writer(tiny_run, tmp_path, capsys):
         stop(holder)
 
 
+def test_readers_run_beside_a_training_writer(synthetic_root, tmp_path, capsys):
+    """A real `effcn train` holds the lock while `effcn runs` and `effcn eval` read its run."""
+    run = tmp_path / "runs" / "busy"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    writer = subprocess.Popen([sys.executable, "-m", "effcn", "train", "--quiet",
+                               *set_args(quick_overrides(synthetic_root, run.parent, epochs=500,
+                                                         name="busy"))],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "best.pt").is_file():  # one epoch done
+            assert writer.poll() is None, writer.stderr.read()
+            assert time.monotonic() < deadline, "the writer finished no epoch in 120 s"
+            time.sleep(0.2)
+        assert run_lock_holder(run)["pid"] == writer.pid
+        code, out, err = effcn_in_process(["runs", run.parent], capsys)
+        assert code == 0 and "busy" in out, err
+        code, out, err = effcn_in_process(["eval", run, "--no-affnist"], capsys)
+        assert code == 0 and "test" in out, err
+        assert writer.poll() is None and run_lock_holder(run)["pid"] == writer.pid
+    finally:
+        stop(writer)
+
+
 class _NoLocks:
     """fcntl on a file system without locks (NFS without lockd): every lockf is ENOLCK."""
     LOCK_EX, LOCK_NB = 2, 4
