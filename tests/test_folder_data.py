@@ -221,3 +221,9 @@ def test_download_is_the_default_and_can_be_switched_off(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not found in"):
         load_dataset(off, "train")
     assert calls == ["test"]
+
+
+def test_a_folder_without_class_folders_or_arrays_says_what_it_needs(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match="holds no class sub-folders with image files"):
+        config_for_data(tmp_path)

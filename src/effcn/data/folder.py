@@ -316,7 +316,7 @@ def survey(root: os.PathLike, max_pixels: int = MAX_PIXELS, sample: int = 200) -
     r = Path(root).expanduser()
     if not r.exists():
         raise DataError(f"{r} does not exist; pass a folder of class sub-folders or a .npz file.")
-    if r.is_file() or not _class_dirs(r):
+    if r.is_file() or (not _class_dirs(r) and any(r.glob("*.npy"))):
         arrays = _read_arrays(r)
         pairs = [(x, y) for x, y in ARRAY_KEYS.values() if x in arrays and y in arrays]
         xs, ys = [_images(arrays[x], r, x) for x, _ in pairs], [arrays[y] for _, y in pairs]
