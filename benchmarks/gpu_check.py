@@ -35,7 +35,7 @@ import torch
 
 from effcn.io import write_json
 from effcn.tools.bench import BenchSettings, EffcnContender, device_profile, run_bench
-from effcn.training.config_io import load_config
+from effcn.training.config_io import load_config, save_yaml
 from effcn.training.metrics import read_metrics
 from effcn.training.trainer import Trainer
 
@@ -129,11 +129,9 @@ def sweep(workers: int, base_overrides: list[str], runs: Path) -> dict:
                                               workers)):
         spec = runs / f"sweep_{label}.yaml"
         spec.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"base: {REPO / 'configs' / 'mnist_cpu.yaml'}",
-                 "set: [" + ", ".join(base_overrides) + "]",
-                 "grid: {train.recon_weight: [0.392]}", f"seeds: {seeds}", f"workers: {n}",
-                 f"dir: {runs / ('sweep_' + label)}"]
-        spec.write_text("\n".join(lines) + "\n")
+        save_yaml({"base": str(REPO / "configs" / "mnist_cpu.yaml"), "set": list(base_overrides),
+                   "grid": {"train.recon_weight": [0.392]}, "seeds": seeds, "workers": n,
+                   "dir": str(runs / ("sweep_" + label))}, spec)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "effcn", "sweep", str(spec)],
                               capture_output=True, text=True,

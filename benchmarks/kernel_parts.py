@@ -17,7 +17,6 @@ import argparse
 import torch
 
 from effcn.tools.bench import BenchSettings, EffcnContender, count_kernels, kernel_ops
-from effcn.training import fastpath
 
 
 def part_ops(c: EffcnContender) -> dict:
@@ -31,13 +30,8 @@ def part_ops(c: EffcnContender) -> dict:
     def batch():
         state["batch"] = c.task.train_batch(idx, c.generator)
 
-    def forward_loss():  # TrainStep.__call__ up to the backward
-        b = state["batch"]
-        b = b._replace(x=b.x.contiguous(memory_format=step.memory_format))
-        out = fastpath.forward(step.forward_model, b.x, step.task.decoder_labels(b, training=True),
-                               step.amp_dtype)
-        state["loss"] = step.task.loss(step.model, out, b)[0]
-        step.optimizer.zero_grad(set_to_none=True)
+    def forward_loss():  # the step up to its backward
+        state["loss"] = step.forward_loss(state["batch"])[2][0]
 
     parts = {"batch composition + augmentation": kernel_ops(batch),
              "forward + loss": kernel_ops(forward_loss),

@@ -72,6 +72,8 @@ def test_train_eval_predict_end_to_end(synthetic_root, tmp_path):
     (["train", "--data", "/nonexistent/photos"], "/nonexistent/photos does not exist"),
     (["train", "--data", "DATA", "--config", "x.yaml"], "pass one of them"),
     (["train", "--epochs", "3"], "--image-size, --channels and --epochs go with --data"),
+    (["train", "--resume", "RUN", "--epochs", "3"],
+     "--image-size, --channels and --epochs go with --data"),
     (["eval", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
 ])
 def test_cli_errors_are_one_sentence_without_traceback(tmp_path, monkeypatch, capsys, args,

@@ -227,3 +227,10 @@ def test_a_folder_without_class_folders_or_arrays_says_what_it_needs(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(DataError, match="holds no class sub-folders with image files"):
         config_for_data(tmp_path)
+
+
+def test_empty_label_arrays_are_one_sentence(tmp_path):
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 8, 8), np.uint8),
+             labels=np.zeros((0,), np.int64))
+    with pytest.raises(DataError, match="holds no labels"):
+        config_for_data(tmp_path / "empty.npz")

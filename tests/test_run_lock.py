@@ -236,3 +236,15 @@ def test_a_retried_search_trial_whose_run_is_still_written_fails_with_the_reason
         assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing started beside it
     finally:
         stop(holder)
+
+
+def test_asking_who_holds_a_lock_never_takes_it(tmp_path, monkeypatch):
+    """run_lock_holder tests the lock (F_TEST) instead of taking it, so a writer that starts
+    while a sweep polls the lock is never refused by the poll."""
+    taken = []
+    real = io.fcntl.lockf
+    monkeypatch.setattr(io.fcntl, "lockf", lambda fd, how, *a: (taken.append(how),
+                                                                  real(fd, how, *a))[1])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / io.LOCK_NAME).write_text("{}")
+    assert run_lock_holder(tmp_path / "run") is None and taken == []

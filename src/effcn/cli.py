@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="effcn", description=__doc__.splitlines()[0])
     from . import __version__
     parser.add_argument("--version", action="version", version=f"effcn {__version__}")
+    from .data.image_files import MAX_PIXELS
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dark ink on a light background (detected by --preprocess mnist; "
                    "needed with none and resize)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
-    p.add_argument("--max-pixels", type=int, default=89_478_485, help="refuse image files "
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse image files "
                    "declaring more pixels (checked before decoding; default: Pillow's limit)")
     p.set_defaults(func=cmd_predict)
 
@@ -230,6 +231,9 @@ def _train_config(args):
     if sum(map(bool, (args.resume, args.data, args.config))) > 1:
         raise EffcnError("--resume, --data and --config each choose the config; pass one of "
                          "them (use --set to change fields).")
+    if not args.data and (args.image_size or args.channels or args.epochs):
+        raise EffcnError("--image-size, --channels and --epochs go with --data; with a config "
+                         "or --resume use --set (e.g. --set train.epochs=5).")
     if args.resume:
         run = resumable_run(args.resume)  # the one RunDir of this run
         return apply_overrides(run.load_config(), args.overrides), run, "run"
@@ -239,9 +243,6 @@ def _train_config(args):
                                         args.overrides)
         print("\n".join(lines), flush=True)
         return config, None, Path(args.data).stem
-    if args.image_size or args.channels or args.epochs:
-        raise EffcnError("--image-size, --channels and --epochs go with --data; with a config "
-                         "use --set (e.g. --set train.epochs=5).")
     name = Path(args.config).stem if args.config else "run"
     return load_config(args.config, args.overrides), None, name
 

@@ -208,7 +208,7 @@ def refusal(run_dir: str | Path, holder: dict) -> str:
 def run_lock_holder(run_dir: str | Path) -> dict | None:
     """Who holds ``run_dir``'s lock ({pid, host, since, command}), or None when it is free.
 
-    Probes without keeping anything; a lock held by this process is answered from memory (for
+    Tests the lock without taking it; a lock held by this process is answered from memory (for
     POSIX locks, opening and closing the file here would release it)."""
     path = Path(run_dir) / LOCK_NAME
     with _HELD_GUARD:
@@ -222,8 +222,8 @@ def run_lock_holder(run_dir: str | Path) -> dict | None:
         try:
             if fcntl is None:
                 return None
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # a test, not a lock: a writer taking the lock meanwhile is never refused
+                os.lockf(fd, os.F_TEST, 0)
             except OSError as e:
                 if e.errno in (errno.EACCES, errno.EAGAIN):
                     return _holder_in(fd) or {}
@@ -232,7 +232,7 @@ def run_lock_holder(run_dir: str | Path) -> dict | None:
                 raise
             return None
         finally:
-            os.close(fd)  # releases the probe's lock, if it took one
+            os.close(fd)
 
 
 def wait_for_run_lock(run_dir: str | Path, timeout: float, poll: float = 1.0) -> None:

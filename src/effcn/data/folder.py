@@ -323,7 +323,10 @@ def survey(root: os.PathLike, max_pixels: int = MAX_PIXELS, sample: int = 200) -
         if not xs:
             raise DataError(f"{r} holds no images/labels or x_train/y_train arrays; save them "
                             f"under those names.")
-        top = max(int(np.max(y)) + 1 for y in ys if np.size(y))
+        top = max((int(np.max(y)) + 1 for y in ys if np.size(y)), default=0)
+        if top == 0:
+            raise DataError(f"{r} holds no labels (empty label arrays); save one label per "
+                            f"image.")
         classes = ([str(n) for n in arrays["classes"]] if "classes" in arrays
                    else [str(i) for i in range(top)])
         grey = all(x.shape[3] == 1 or _grey(x) for x in xs)

@@ -56,18 +56,20 @@ def publish_run(run: str | Path, out: str | Path, force: bool = False,
     out = Path(out)
     check_output_folder(out, force)  # before anything is opened or written
     opened = open_run(run, "best", "cpu")
-    config, summary, figure = opened.config, opened.run.summary(), test_figure(opened)
+    config, summary = opened.config, opened.run.summary()
+    figure = test_figure(opened, summary)
+    weights = summary.get("weights", "EMA" if opened.state.get("ema") is not None else "raw")
     run_config = config.to_dict()
     run_config.pop("run", None)              # where the run was written: this machine's business
     run_config["data"]["root"] = None        # found on the reader's machine (or --set data.root)
     save_pretrained(opened.model, out, opened.class_names, config.data.pixel_divisor, extra={
         "dataset": config.data.dataset, "epoch": opened.state["epoch"],
-        "weights": summary.get("weights", "EMA" if opened.state.get("ema") is not None else "raw"),
+        "weights": weights,
         "eval_transform": eval_transform_name(config.data.augment),
         "test": figure, "run_config": run_config,
         **({"imported_from": opened.state["imported_from"]}
            if opened.state.get("imported_from") else {})}, force=force)
-    atomic_write_text(out / "README.md", model_card(opened, summary, figure, license))
+    atomic_write_text(out / "README.md", model_card(opened, weights, figure, license))
     return Published(out, [out / WEIGHTS_NAME, out / CONFIG_NAME, out / "README.md"],
                      figure["acc"] if figure else None)
 
@@ -79,10 +81,9 @@ def eval_transform_name(augment: str) -> str | None:
     return augment if eval_transform_of(build_augment(augment)) is not None else None
 
 
-def test_figure(opened: OpenedRun) -> dict | None:
-    """The run's test figure: summary.json's, else `effcn eval`'s report on best.pt (an
+def test_figure(opened: OpenedRun, s: dict) -> dict | None:
+    """The run's test figure: summary.json's (``s``), else `effcn eval`'s report on best.pt (an
     imported run), else None. {"acc", "metric", "images", "precision", "source", "selection"}."""
-    s = opened.run.summary()
     if "test_acc" in s:
         return {"acc": s["test_acc"], "metric": s.get("test_metric", "accuracy"),
                 "images": s.get("test_images"), "precision": s.get("test_precision", "fp32"),
@@ -95,8 +96,9 @@ def test_figure(opened: OpenedRun) -> dict | None:
     return None
 
 
-def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: str) -> str:
-    """README.md: the Hub's YAML front matter, then what the weights are and how to check them."""
+def model_card(opened: OpenedRun, weights: str, figure: dict | None, license: str) -> str:
+    """README.md: the Hub's YAML front matter, then what the weights are (``weights``: EMA or
+    raw, as config.json says) and how to check them."""
     config, run = opened.config, opened.run
     dataset = config.data.dataset
     name, data_licence, hub_id = DATASETS.get(dataset, (dataset, "unknown: check", ""))
@@ -125,7 +127,7 @@ def model_card(opened: OpenedRun, summary: dict, figure: dict | None, license: s
             f"| classes | {len(opened.class_names)}: {', '.join(opened.class_names[:20])}"
             f"{' ...' if len(opened.class_names) > 20 else ''} |",
             f"| input | {_input_line(opened)} |",
-            f"| weights | {summary.get('weights', 'raw')}, epoch {opened.state['epoch']} |",
+            f"| weights | {weights}, epoch {opened.state['epoch']} |",
             f"| command | `{cmd}` |",
             f"| seed | {seed} |",
             f"| git revision | {env.get('git_revision', 'not recorded')}"

@@ -40,12 +40,18 @@ class TrainStep:
         self.forward_model = forward_model if forward_model is not None else model
         self.skip_nonfinite = skip_nonfinite
 
-    def __call__(self, batch: Batch) -> torch.Tensor | None:
+    def forward_loss(self, batch: Batch):
+        """(batch in the step's memory format, the model's output, the task's loss parts), with
+        the gradients cleared: the step up to its backward."""
         batch = batch._replace(x=batch.x.contiguous(memory_format=self.memory_format))
         out = fastpath.forward(self.forward_model, batch.x,
                                self.task.decoder_labels(batch, training=True), self.amp_dtype)
-        loss, margin, recon, *extra = self.task.loss(self.model, out, batch)
+        parts = self.task.loss(self.model, out, batch)
         self.optimizer.zero_grad(set_to_none=True)
+        return batch, out, parts
+
+    def __call__(self, batch: Batch) -> torch.Tensor | None:
+        batch, out, (loss, margin, recon, *extra) = self.forward_loss(batch)
         if self.skip_nonfinite and not torch.isfinite(loss):
             return None
         loss.backward()

@@ -198,13 +198,17 @@ class Trainer:
             distributed.shutdown(self.dist)
 
     def _take_run_lock(self, lock: RunLock) -> None:
-        """Rank 0 takes the run's lock; a refusal reaches every rank (none trains alone)."""
+        """Rank 0 takes the run's lock; a refusal (or any failure to take it) reaches every rank,
+        so none trains alone and none waits for the others forever."""
+        failure = None
         try:
             lock.acquire()
-            refused = None
-        except RunLocked as e:
-            refused = str(e)
-        refused = distributed.broadcast_object(refused, self.dist)
+        except Exception as e:  # noqa: BLE001 -- any failure must reach every rank, or they wait
+            failure = e
+        refused = distributed.broadcast_object(None if failure is None else str(failure),
+                                               self.dist)
+        if failure is not None:
+            raise failure
         if refused:
             raise RunLocked(refused)
 
