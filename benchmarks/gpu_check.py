@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -52,28 +53,38 @@ def speed(model: str, device: str, batches, modes, steps: int, repeats: int) -> 
     rows = []
     for batch in batches:
         for mode in modes:
-            s = BenchSettings(model=model, batch_size=batch, device=device, steps=steps,
-                              repeats=repeats, warmup=5, eval_images=4 * batch,
-                              cuda_graph=mode == "graph")
-            r = run_bench(s)
-            row = {"batch": batch, "mode": mode, "precision": r["precision"],
-                   "train_images_per_s": r["train_images_per_s"]["median"],
-                   "eval_images_per_s": r["eval_images_per_s"]["median"],
-                   "seconds_per_mnist_epoch": r["seconds_per_mnist_epoch"]["median"],
-                   "peak_memory_mb": r["peak_memory_mb"], "peak_memory_kind": r["peak_memory_kind"],
-                   "dispatched_kernels_per_step": r["kernels_per_step"]}
-            if device.startswith("cuda"):
-                c = EffcnContender(s)
-                for _ in range(s.warmup):
-                    c.train_step()
-                row.update(device_profile(c.train_step))
-            rows.append(row)
-            busy = f"  busy {row['busy_fraction']:.0%}" if "busy_fraction" in row else ""
-            say(f"batch {batch:>4} {mode:<6} {row['seconds_per_mnist_epoch']:8.2f} s per MNIST "
-                f"epoch  {row['peak_memory_mb']:7.0f} MiB  "
-                f"{row.get('kernels_per_step', row['dispatched_kernels_per_step']):6.0f} "
-                f"kernels per step{busy}")
+            try:
+                rows.append(speed_row(model, device, batch, mode, steps, repeats))
+            except Exception:  # noqa: BLE001 -- the graph may fail where eager works: keep both
+                rows.append({"batch": batch, "mode": mode, "error": traceback.format_exc()[-3000:]})
+                say(f"batch {batch:>4} {mode:<6} FAILED\n{rows[-1]['error']}")
     return rows
+
+
+def speed_row(model: str, device: str, batch: int, mode: str, steps: int, repeats: int) -> dict:
+    """One (batch, mode) row of :func:`speed`."""
+    s = BenchSettings(model=model, batch_size=batch, device=device, steps=steps,
+                      repeats=repeats, warmup=5, eval_images=4 * batch,
+                      cuda_graph=mode == "graph")
+    r = run_bench(s)
+    row = {"batch": batch, "mode": mode, "precision": r["precision"],
+           "train_images_per_s": r["train_images_per_s"]["median"],
+           "eval_images_per_s": r["eval_images_per_s"]["median"],
+           "seconds_per_mnist_epoch": r["seconds_per_mnist_epoch"]["median"],
+           "peak_memory_mb": r["peak_memory_mb"], "peak_memory_kind": r["peak_memory_kind"],
+           "dispatched_kernels_per_step": r["kernels_per_step"]}
+    if device.startswith("cuda"):
+        c = EffcnContender(s)
+        for _ in range(s.warmup):
+            c.train_step()
+        row.update(device_profile(c.train_step))
+    busy = f"  busy {row['busy_fraction']:.0%}" if "busy_fraction" in row else ""
+    say(f"batch {batch:>4} {mode:<6} {row['seconds_per_mnist_epoch']:8.2f} s per MNIST "
+        f"epoch  {row['eval_images_per_s']:9.0f} eval img/s  "
+        f"{row['peak_memory_mb']:7.0f} MiB  "
+        f"{row.get('kernels_per_step', row['dispatched_kernels_per_step']):6.0f} "
+        f"kernels per step{busy}")
+    return row
 
 
 def validation_selected(epochs: list[dict], target: float) -> dict | None:
@@ -172,8 +183,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="gpu_check.json", help="JSON report")
     p.add_argument("--runs", default="/tmp/effcn-gpu-check", help="run folder of parts 2-4")
     p.add_argument("--workers", type=int, default=4, help="seeds side by side in part 4")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: "
-                                              "speed,accuracy,long,sweep,peers")
+    p.add_argument("--budget-minutes", type=float, default=7.5,
+                   help="a part whose estimate no longer fits is not run (saying so)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: speed,"
+                                              "time_to_accuracy,long_recipe,sweep,peers")
     a = p.parse_args(argv)
     if not a.smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on the GPU machine, or with --smoke.",
@@ -200,26 +213,49 @@ def main(argv=None) -> int:
         accuracy_set = ["train.batch_size=256", "optim.lr=0.008"]
         long_set, sweep_set, workers = [], ["train.epochs=2"], a.workers
     t_start = time.perf_counter()
-    if "speed" not in skip:
-        report["speed"] = speed(model, device, batches, modes, steps, repeats)
+
+    def left() -> float:
+        return a.budget_minutes * 60 - (time.perf_counter() - t_start)
+
+    def part(name: str, estimate_s: float, fn) -> None:
+        """Run one part unless skipped or over the budget; a failure is recorded, not fatal."""
+        if name in skip:
+            return
+        if not a.smoke and estimate_s > left():
+            report.setdefault("not_run", {})[name] = (
+                f"needs about {estimate_s:.0f} s and {max(left(), 0):.0f} s of the "
+                f"{a.budget_minutes} min budget are left")
+            say(f"{name}: not run ({report['not_run'][name]})")
+            return
+        t0 = time.perf_counter()
+        try:
+            report[name] = fn()
+        except Exception:  # noqa: BLE001 -- one broken part must not hide the others' figures
+            report.setdefault("failed", {})[name] = traceback.format_exc()[-4000:]
+            say(f"{name}: FAILED\n{report['failed'][name]}")
+        report.setdefault("part_seconds", {})[name] = time.perf_counter() - t0
         write_json(a.out, report)
-    if "accuracy" not in skip:
-        if not a.smoke:  # an epoch at batch 256 is about a second with the graph: bound them
-            per_epoch = next((r["seconds_per_mnist_epoch"] for r in report.get("speed", [])
-                              if r["batch"] == 256 and r["mode"] == "graph"), 3.0)
-            epochs = max(1, min(30, int(a.max_minutes * 60 / max(per_epoch * 1.5, 1e-3))))
-            accuracy_set += [f"train.epochs={epochs}", f"schedule.decay={0.6 ** (5 / epochs):.4f}"]
-        report["time_to_accuracy"] = time_to_accuracy(common + accuracy_set)
-        write_json(a.out, report)
-    if "long" not in skip:
-        report["long_recipe"] = long_recipe(common + long_set)
-        write_json(a.out, report)
-    if "sweep" not in skip:
-        report["sweep"] = sweep(workers, [o for o in common if not o.startswith("run.dir")]
-                                + sweep_set, Path(a.runs))
-        write_json(a.out, report)
-    if "peers" not in skip:
-        report["peers"] = peers(device, batches, steps, a.data_root)
+
+    def graph_epoch_seconds(batch: int, default: float) -> float:
+        return next((r["seconds_per_mnist_epoch"] for r in report.get("speed", [])
+                     if r["batch"] == batch and r["mode"] == "graph"), default)
+
+    part("speed", 90, lambda: speed(model, device, batches, modes, steps, repeats))
+    if "speed" in report and not any(r["mode"] == "graph" and "error" not in r
+                                     for r in report["speed"]):
+        common.append("train.cuda_graph=off")  # the graph failed above: the runs train eagerly
+    if not a.smoke:  # an epoch at batch 256 is about a second with the graph: bound them
+        per_epoch = graph_epoch_seconds(256, 3.0)
+        epochs = max(1, min(30, int(a.max_minutes * 60 / max(per_epoch * 1.5, 1e-3))))
+        accuracy_set += [f"train.epochs={epochs}", f"schedule.decay={0.6 ** (5 / epochs):.4f}"]
+    part("time_to_accuracy", a.max_minutes * 60 + 30,
+         lambda: time_to_accuracy(common + accuracy_set))
+    # 28 epochs of batch 32, each with a validation pass, and the test at the end
+    part("long_recipe", 28 * (graph_epoch_seconds(32, 25.0) * 1.3 + 1) + 20,
+         lambda: long_recipe(common + long_set))
+    part("sweep", 90, lambda: sweep(workers, [o for o in common if not o.startswith("run.dir")]
+                                    + sweep_set, Path(a.runs)))
+    part("peers", 60, lambda: peers(device, batches, steps, a.data_root))
     report["seconds"] = time.perf_counter() - t_start
     write_json(a.out, report)
     say(f"written: {a.out} ({report['seconds']:.0f} s)")

@@ -133,10 +133,11 @@ class EffcnContender:
         self.step = TrainStep(self.model, self.task, optimizer, self.amp_dtype,
                               fastpath.memory_format(s.channels_last), self.forward_model)
         self.generator = torch.Generator(device=self.device).manual_seed(0)
-        self.graph = None
-        if s.cuda_graph:  # the trainer's graph (training/cuda_graph.py), without EMA
-            from ..training.cuda_graph import GraphedStep
+        self.graph = self.eval_forward = None
+        if s.cuda_graph:  # the trainer's graphs (training/cuda_graph.py), without EMA
+            from ..training.cuda_graph import GraphedForward, GraphedStep
             self.graph = GraphedStep(self.step, None, s.batch_size, self.device)
+            self.eval_forward = GraphedForward(self.forward_model)
             sums = torch.zeros(5, dtype=torch.float64, device=self.device)
             self.generator, _ = self.graph.begin_epoch(self.generator, sums)
         self.clock = Stopwatch(self.device)
@@ -167,7 +168,8 @@ class EffcnContender:
         # no evaluation preprocessing: the synthetic images already have the model's size
         subset = ImageSet(self.data.images[:n], self.data.labels[:n])
         t0 = self.clock.now()
-        evaluate(self.forward_model, self.task, subset, batch_size=bs, amp_dtype=self.amp_dtype)
+        evaluate(self.forward_model, self.task, subset, batch_size=bs, amp_dtype=self.amp_dtype,
+                 forward=self.eval_forward)
         return n / (self.clock.now() - t0)
 
     def warm_up(self) -> None:

@@ -61,6 +61,7 @@ def write_summary(run: RunDir, config, task, state: TrainState, device, test: di
         "train_seconds": train_seconds, "parameters": count_parameters(model),
         "parameters_without_decoder": count_parameters(model, include_decoder=False),
         "device": str(device), "precision": state.precision,
+        "cuda_graph": state.graph is not None,  # train.cuda_graph: the step replayed as a graph
         "weights": f"EMA (decay {config.train.ema_decay})" if state.ema else "raw",
         # wall time of this fit() call: data loading, training, test evaluation
         "wall_seconds": time.perf_counter() - wall_start,

@@ -92,7 +92,8 @@ def cv2_rotation_taps(angle: torch.Tensor, h: int, w: int, device: torch.device,
     fx = (big_x & (tab - 1)).to(dtype) / tab
     fy = (big_y & (tab - 1)).to(dtype) / tab
     corner = (y0 * wp + x0).reshape(-1, 1, h * w)  # the top-left tap
-    index = corner + torch.tensor([0, 1, wp, wp + 1], device=device)[None, :, None]
+    taps = torch.arange(4, device=device)  # 0, 1, wp, wp + 1 without a host-to-device copy
+    index = corner + ((taps % 2) + (taps // 2) * wp)[None, :, None]  # (a CUDA graph forbids one)
     weights = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], dim=1)
     return index, weights.reshape(-1, 4, h * w)
 
