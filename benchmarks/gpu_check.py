@@ -238,7 +238,8 @@ def main(argv=None) -> int:
 
     def graph_epoch_seconds(batch: int, default: float) -> float:
         return next((r["seconds_per_mnist_epoch"] for r in report.get("speed", [])
-                     if r["batch"] == batch and r["mode"] == "graph"), default)
+                     if r["batch"] == batch and r["mode"] == "graph" and "error" not in r),
+                    default)
 
     part("speed", 90, lambda: speed(model, device, batches, modes, steps, repeats))
     if "speed" in report and not any(r["mode"] == "graph" and "error" not in r

@@ -64,8 +64,8 @@ class CapturableAdam(torch.optim.Adam):
     eager step and every graph replay (:meth:`refresh_lr`, a fill without a host sync), so schedules keep writing Python
     floats into the param groups and a captured graph picks their new value up. With
     ``keras_eps`` epsilon sits where Keras puts it: w -= lr sqrt(1 - b2^t) / (1 - b1^t) m /
-    (sqrt(v) + eps), computed in PyTorch's form with eps_t = eps / sqrt(1 - b2^t) (what
-    :func:`keras_epsilon` sets from the host for the fused kernel). The state dict is Adam's
+    (sqrt(v) + eps), computed in that form (the fused kernel gets the same from
+    :func:`keras_epsilon`'s eps_t = eps / sqrt(1 - b2^t), set from the host). The state dict is Adam's
     (exp_avg, exp_avg_sq, step), so checkpoints move between this and the fused Adam; results
     agree with it to float rounding, not bit for bit (the bias corrections are float32 here).
     """
@@ -153,12 +153,18 @@ class CapturableAdam(torch.optim.Adam):
             torch._foreach_lerp_(m, grads, 1 - beta1)
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
-            eps = group["keras_eps"] / bias2_sqrt if self.keras_eps else group["eps"]
             denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, bias2_sqrt)
-            torch._foreach_add_(denom, eps)
+            if self.keras_eps:  # Keras: lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
+                torch._foreach_add_(denom, group["keras_eps"])
+                step_size = lr * bias2_sqrt / bias1
+            else:  # PyTorch: lr / (1 - b1^t) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+                torch._foreach_div_(denom, bias2_sqrt)
+                torch._foreach_add_(denom, group["eps"])
+                step_size = lr / bias1
+            # (a 0-d tensor added to a list syncs on CUDA, which a capture forbids: the tensor
+            # factors are multiplied and divided, the Python epsilons added)
             update = torch._foreach_div(m, denom)
-            torch._foreach_mul_(update, lr / bias1)
+            torch._foreach_mul_(update, step_size)
             torch._foreach_sub_(params, update)
 
 
