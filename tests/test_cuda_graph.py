@@ -156,6 +156,28 @@ def test_kernel_parts_add_up_to_the_step():
     assert sum(kernel_ops(lambda: torch.zeros(3) + 1).values()) == 2
 
 
+def test_the_warm_up_before_a_capture_leaves_no_trace():
+    """GraphedStep._warm_up's eager steps (run on the CPU here, without a stream) make the
+    optimizer's state and then put everything back: weights, buffers, EMA, sums and generator
+    as they were, the new Adam moments and step counts zero, as a fresh Adam's are."""
+    from effcn.training.cuda_graph import GraphedStep
+    c = contender()
+    step, ema, sums = capturable_parts(c)
+    sums += 1.0
+    graphed = GraphedStep(step, ema, 8, c.device, warmup=2)
+    gen, sums = graphed.begin_epoch(torch.Generator().manual_seed(3), sums)
+    graphed.idx.copy_(torch.arange(8))
+    before = [t.clone() for t in graphed._state_tensors()]
+    state_before = gen.get_state()
+    assert not step.optimizer.state
+    c.model.train()
+    graphed._warm_up()
+    assert all(torch.equal(a, b) for a, b in zip(before, graphed._state_tensors()))
+    assert torch.equal(gen.get_state(), state_before)
+    moments = [v for s in step.optimizer.state.values() for v in s.values()]
+    assert moments and all(not v.any() for v in moments)
+
+
 @cuda_only
 def test_graph_replay_equals_the_eager_step():
     from effcn.training.cuda_graph import GraphedStep
@@ -182,17 +204,18 @@ def test_graph_replay_equals_the_eager_step():
 def test_a_resumed_graph_run_equals_an_uninterrupted_one(synthetic_root, tmp_path):
     from effcn.training.checkpoint import load_checkpoint
     base = quick_overrides(synthetic_root, tmp_path, epochs=2) + [
-        "train.device=cuda", "train.cuda_graph=on", "train.amp=off"]
+        "train.device=cuda", "train.cuda_graph=on", "train.amp=off", "train.ema_decay=0.9"]
     whole = Trainer(load_config(None, base + ["run.name=whole"]), quiet=True)
-    whole.fit()
+    assert whole.fit()["cuda_graph"]
     half = Trainer(load_config(None, base + ["run.name=half", "train.epochs=1"]), quiet=True)
     half.fit()
     Trainer(load_config(None, base + ["run.name=half"]), run_dir=half.run_dir, resume=True,
             quiet=True).fit()
-    a = load_checkpoint(whole.run.last, map_location="cpu")["model"]
-    b = load_checkpoint(half.run.last, map_location="cpu")["model"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k])
+    a = load_checkpoint(whole.run.last, map_location="cpu")
+    b = load_checkpoint(half.run.last, map_location="cpu")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k])
 
 
 def test_evaluation_at_a_fixed_batch_shape_counts_only_the_real_images():

@@ -6,7 +6,7 @@ the device idle most of the time (on an H200: busy about 1 ms out of 12). :class
 augmentation from the device-resident uint8 data and an index tensor, forward, the task's loss,
 backward, the optimizer step (:class:`~effcn.training.optim.CapturableAdam`: step count, learning
 rate and Keras epsilon as device tensors), the EMA update and the running metric sums -- once
-after a few eager warm-up steps, and replays it for every full batch. What a replay needs:
+after a few eager warm-up steps (then undone), and replays it for every full batch. What a replay needs:
 
 - fixed shapes: the graph serves the full batches; an epoch's last partial batch (if any) runs
   the same step eagerly (same tensors, same generator), so no second shape is captured;
@@ -21,6 +21,8 @@ cannot be used raises ConfigError with that reason; on the CPU the step stays ea
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -69,20 +71,19 @@ class GraphedStep:
     ``begin_epoch(generator, sums)`` copies the epoch's generator state and running sums into
     the graph's own (static) generator and sums tensor and returns those two, which the loop then
     uses (step.pt saves them); ``graphed(idx)`` runs one step on the item indices ``idx`` and
-    returns a copy of its row.
+    returns a copy of its row. Every full batch is a replay: the warm-up steps a capture needs
+    are undone (:meth:`_warm_up`), so a run resumed mid-training replays the same graph on the
+    same state as the uninterrupted run does.
     """
 
     def __init__(self, step, ema, batch_size: int, device: torch.device,
                  warmup: int = WARMUP_STEPS):
-        # At least one eager step first: it makes the optimizer state, the learning-rate tensors
-        # and the augmentation's tables, which a capture must find (made inside, a replay would
-        # reset them).
         self.step, self.ema, self.batch_size = step, ema, batch_size
         self.warmup = max(1, warmup)
         self.generator = torch.Generator(device=device)
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.sums: torch.Tensor | None = None
-        self.graph, self.row, self.eager_steps = None, None, 0
+        self.graph, self.row = None, None
 
     def begin_epoch(self, generator: torch.Generator, sums: torch.Tensor):
         self.generator.set_state(generator.get_state())
@@ -95,22 +96,59 @@ class GraphedStep:
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         if len(idx) != self.batch_size:  # the epoch's last partial batch: the same step, eagerly
             return self.step.train(idx, self.generator, self.sums, self.ema)
-        if self.graph is None and self.eager_steps < self.warmup:
-            self.eager_steps += 1
-            side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph asks
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                row = self.step.train(idx, self.generator, self.sums, self.ema)
-            torch.cuda.current_stream().wait_stream(side)
-            return row
-        if self.graph is None:
-            self._capture()
         self.idx.copy_(idx)
+        if self.graph is None:
+            self._warm_up()
+            self._capture()
         refresh = getattr(self.step.optimizer, "refresh_lr", None)
         if refresh is not None:
             refresh()
         self.graph.replay()
         return self.row.clone()
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Everything a step changes in place: weights, buffers, the EMA's, the running sums."""
+        model = self.step.model
+        tensors = [*model.parameters(), *model.buffers(), self.sums]
+        if self.ema is not None:
+            tensors += [*self.ema.model.parameters(), *self.ema.model.buffers()]
+        return tensors
+
+    @torch.no_grad()
+    def _warm_up(self) -> None:
+        """A few eager steps on a side stream (as torch.cuda.graph asks: cuDNN and cuBLAS choose
+        their algorithms, the optimizer makes its state, the augmentation its tables, which the
+        capture must find: made inside it, every replay would make them again), then the state
+        put back as it was: weights, buffers, EMA, sums, generator, optimizer state (state the
+        warm-up made is zeroed: a fresh Adam's moments and step count are zeros)."""
+        tensors = self._state_tensors()
+        saved = [t.clone() for t in tensors]
+        generator = self.generator.get_state()
+        optimizer = self.step.optimizer
+        had = {id(p): {k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
+               for group in optimizer.param_groups for p in group["params"]
+               if p in optimizer.state}
+        cuda = self.idx.is_cuda  # (the CPU runs the same logic without a stream: the tests)
+        side = torch.cuda.Stream() if cuda else None
+        if cuda:
+            side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side) if cuda else contextlib.nullcontext(), torch.enable_grad():
+            for _ in range(self.warmup):
+                self.step.train(self.idx, self.generator, self.sums, self.ema)
+        if cuda:
+            torch.cuda.current_stream().wait_stream(side)
+        for t, value in zip(tensors, saved):
+            t.copy_(value)
+        self.generator.set_state(generator)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for k, v in optimizer.state.get(p, {}).items():
+                    if not torch.is_tensor(v):
+                        continue
+                    if k in had.get(id(p), {}):
+                        v.copy_(had[id(p)][k])
+                    else:  # (SGD's first step sets its momentum to the gradient: the same)
+                        v.zero_()
 
     def _capture(self) -> None:
         """Record the step once (capturing runs nothing: the replay that follows is the step)."""
