@@ -64,7 +64,7 @@ def speed(model: str, device: str, batches, modes, steps: int, repeats: int) -> 
 def speed_row(model: str, device: str, batch: int, mode: str, steps: int, repeats: int) -> dict:
     """One (batch, mode) row of :func:`speed`."""
     s = BenchSettings(model=model, batch_size=batch, device=device, steps=steps,
-                      repeats=repeats, warmup=5, eval_images=4 * batch,
+                      repeats=repeats, warmup=5, eval_images=max(10 * batch, 2560),
                       cuda_graph=mode == "graph")
     r = run_bench(s)
     row = {"batch": batch, "mode": mode, "precision": r["precision"],

@@ -16,8 +16,9 @@ committed here: copy it (docs/performance.md says how) into .devdata/peers/NAME 
   TotalLoss and the step of utils/trainer.py (including its per-step ``loss.item()``).
 
 Prints one JSON object: per batch size the training images/s and seconds per 55,000-image
-epoch over ``--steps`` batches after a warm-up, or {"skipped": why} when the folder or one of
-the port's dependencies (torchvision, cv2) is missing.
+epoch over ``--steps`` batches after a warm-up (and the seed port's evaluation images/s: its
+model's forward in eval mode on device-resident batches, as effcn bench times effcn's), or
+{"skipped": why} when the folder or one of the port's dependencies (torchvision, cv2) is missing.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def matthiasware(root: Path, batch: int, device):
         loss = margin_loss(u_h, F.one_hot(y, num_classes=10)) + 0.392 * F.mse_loss(x, x_rec)
         loss.backward()
         optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(x):  # its test pass: the model's forward in eval mode (fp32, as its code runs)
+        model.eval()
+        model.forward(x)
+        model.train()
+    step.evaluate = evaluate
     return loader, step
 
 
@@ -131,7 +139,25 @@ def measure(name: str, folder: Path, data_root: Path, device: str, batches, step
             torch.cuda.synchronize()
         per_s = steps * batch / (time.perf_counter() - t0)
         out[str(batch)] = {"train_images_per_s": per_s, "seconds_per_mnist_epoch": 55_000 / per_s}
+        if hasattr(step, "evaluate"):
+            out[str(batch)]["eval_images_per_s"] = eval_images_per_s(step.evaluate, batch, device)
     return out
+
+
+def eval_images_per_s(evaluate, batch: int, device: str, calls: int = 20) -> float:
+    """Images per second of ``evaluate`` on device-resident batches (what effcn bench times)."""
+    import torch
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    for _ in range(3):
+        evaluate(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        evaluate(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return calls * batch / (time.perf_counter() - t0)
 
 
 def _importable(module: str) -> bool:
