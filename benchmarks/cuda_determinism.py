@@ -3,7 +3,8 @@
     CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONPATH=src python benchmarks/cuda_determinism.py
 
 For train.cuda_graph off and on, with torch's default kernels and with deterministic ones
-(cudnn.deterministic, torch.use_deterministic_algorithms(warn_only=True)): the tiny model for 2
+(train.deterministic: cudnn.deterministic, torch.use_deterministic_algorithms(warn_only=True),
+CUBLAS_WORKSPACE_CONFIG): the tiny model for 2
 epochs on the tests' synthetic digits, fp32, an EMA; then the same run again, and a run stopped
 after epoch 1 and resumed. Prints one JSON line per setting: the largest absolute difference of
 any weight (model and EMA) between the first run and each of the other two, and the operators
@@ -38,11 +39,11 @@ def largest_difference(a: Path, b: Path) -> float:
 
 
 def one_setting(root: Path, out: Path, device: str, graph: str, deterministic: bool) -> dict:
-    torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = False  # torch's defaults; train.deterministic sets
+    torch.use_deterministic_algorithms(False)   # environment.deterministic_kernels
     base = quick_overrides(root, out, epochs=2) + [
         f"train.device={device}", f"train.cuda_graph={graph}", "train.amp=off",
-        "train.ema_decay=0.9"]
+        "train.ema_decay=0.9", f"train.deterministic={str(deterministic).lower()}"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = {}

@@ -5,6 +5,7 @@ used, and kernels per step are counted. Graph replay itself needs CUDA (skipped 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -205,12 +206,32 @@ def deterministic_kernels():
     """cuDNN's and torch's deterministic kernels for one test (CUDA's defaults use atomics in
     some backward passes, so two identical CUDA runs differ after a few Adam steps; measured by
     benchmarks/cuda_determinism.py)."""
-    before = torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()
-    torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    from effcn.training.environment import deterministic_kernels
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled())
+    deterministic_kernels()
     yield
-    torch.backends.cudnn.deterministic = before[0]
-    torch.use_deterministic_algorithms(before[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[:2]
+    torch.use_deterministic_algorithms(before[2])
+
+
+def test_train_deterministic_switches_to_deterministic_kernels(synthetic_root, tmp_path,
+                                                               monkeypatch):
+    """train.deterministic=true (off by default) sets what made two H200 runs agree bit for
+    bit (benchmarks/cuda_determinism.py); false leaves torch's settings as they are."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+                        lambda mode, warn_only=False: calls.append((mode, warn_only)))
+    base = quick_overrides(synthetic_root, tmp_path, epochs=1) + ["data.train_subset=64"]
+    Trainer(load_config(None, base + ["run.name=default"]), quiet=True).fit()
+    assert calls == [] and not torch.backends.cudnn.deterministic
+    Trainer(load_config(None, base + ["run.name=det", "train.deterministic=true"]),
+            quiet=True).fit()
+    assert calls == [(True, True)] and torch.backends.cudnn.deterministic
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 @cuda_only

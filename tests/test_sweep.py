@@ -34,6 +34,15 @@ def test_expand_grid_bundles_and_seeds(tmp_path):
     assert len({r.name for r in runs}) == len(runs)
 
 
+def test_seeds_alone_sweep_one_config(tmp_path):
+    """N seeds of one config (what runs side by side on one GPU) need no grid."""
+    spec = tmp_path / "seeds.yaml"
+    spec.write_text("seeds: [1, 2, 3, 4]\nworkers: 4\n")
+    runs = expand(load_sweep(spec))
+    assert [r.name for r in runs] == [f"base-seed{k}" for k in (1, 2, 3, 4)]
+    assert all(r.params == {} for r in runs)
+
+
 @pytest.mark.parametrize("text, message", [
     ("grid:\n  train.epochz: [1, 2]\n", "did you mean train.epochs"),
     ("seeds: [1]\n", "neither grid, random nor search"),

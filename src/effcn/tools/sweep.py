@@ -48,9 +48,12 @@ def load_sweep(path: str | Path) -> dict:
     if unknown:
         raise ConfigError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}; valid "
                           f"keys are {', '.join(sorted(SWEEP_KEYS))}.")
-    if not spec.get("grid") and not spec.get("random") and not spec.get("search"):
-        raise ConfigError(f"sweep file {path} has neither grid, random nor search; add the "
-                          f"fields to sweep, e.g. grid: {{train.recon_weight: [0, 0.392]}}.")
+    seeds = spec.get("seeds")
+    if (not spec.get("grid") and not spec.get("random") and not spec.get("search")
+            and not (isinstance(seeds, list) and len(seeds) > 1)):  # seeds alone: one config
+        raise ConfigError(f"sweep file {path} has neither grid, random nor search, and not "
+                          f"several seeds; add the fields to sweep, e.g. grid: "
+                          f"{{train.recon_weight: [0, 0.392]}}, or seeds: [1, 2, 3].")
     spec.setdefault("set", [])
     spec.setdefault("seeds", [42])
     spec.setdefault("workers", 1)

@@ -98,6 +98,8 @@ class TrainSection:
     sync_batchnorm: bool = False            # under torchrun on CUDA: BN statistics of the global batch
     cuda_graph: str = "auto"                # auto | on | off: the whole step as one CUDA graph
                                             # (training/cuda_graph.py; auto: on CUDA when possible)
+    deterministic: bool = False             # deterministic CUDA kernels: reruns and resumes agree
+                                            # bit for bit on a GPU (environment.deterministic_kernels)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from . import distributed, fastpath
 from .checkpoint import checkpoint_state
 from .cuda_graph import GraphedForward, GraphedStep, use_cuda_graph
 from .ema import EMA
+from .environment import deterministic_kernels
 from .optim import build_optimizer, build_schedule
 from .splits import Split, load_train_val
 from .step import TrainStep
@@ -113,6 +114,8 @@ def build_state(config, task: Task, dist, device: torch.device) -> TrainState:
     """Seed, load the splits, build the model, optimizer, schedule, EMA and step, in this order
     (the order of random draws that resume and the tests rely on)."""
     t = config.train
+    if t.deterministic:
+        deterministic_kernels()
     torch.manual_seed(t.seed)
     train, val = load_train_val(config, device)
     task.setup(train, val)
