@@ -187,6 +187,12 @@ def test_train_data_picks_classes_channels_and_size(tmp_path):
     assert arrays.data.dataset == "arrays" and arrays.model.args == {
         "image_size": 36, "in_channels": 1, "num_classes": 4}
     assert arrays.data.val_size == 2  # 10% of the 20 training images (the test split is given)
+    # without a test split: 10% of what --set data.test_fraction leaves for training
+    (tmp_path / "d.npz").unlink()
+    np.savez(tmp_path / "d.npz", images=np.zeros((40, 28, 28), np.uint8), labels=np.arange(40) % 4)
+    assert config_for_data(tmp_path / "d.npz")[0].data.val_size == 4  # 36 after the default 0.1
+    half, _ = config_for_data(tmp_path / "d.npz", overrides=["data.test_fraction=0.5"])
+    assert half.data.val_size == 2 and half.data.test_fraction == 0.5
     # the printed config is the config: the same fields through --set rebuild it
     sets = lines[-1].removeprefix("config: effcn train --set ").split(" --set ")
     assert load_config(None, sets) == config

@@ -55,7 +55,10 @@ def config_for_data(data: str | Path, image_size: Optional[int] = None,
         lines.append(f"image size: {image_size}x{image_size} (median longer side "
                      f"{found.median_side} of {found.sampled} images, rounded to 4, kept within "
                      f"{smallest}-{LARGEST_SIDE}; --image-size to choose)")
-    held_out = 0 if found.has_test else round(Config().data.test_fraction * found.n_train)
+    # the test share as --set will leave it (the validation size below is taken from the rest)
+    fraction = apply_overrides(Config(), [o for o in overrides if o.partition("=")[0].strip()
+                                          == "data.test_fraction"]).data.test_fraction
+    held_out = 0 if found.has_test else round(fraction * found.n_train)
     train = found.n_train - held_out
     val_size = max(1, round(VAL_FRACTION * train))
     if not found.has_val:
