@@ -188,7 +188,8 @@ class ImageFolder(_OwnImages):
 
     @classmethod
     def locate(cls, root: Optional[os.PathLike] = None, split: str = "train") -> Optional[Path]:
-        """``root`` when it holds class folders (or train/); split folders are checked on load."""
+        """``root`` when it is a folder; its class (or split) folders are checked on load, where
+        each fault gets its own sentence."""
         if root is None or not Path(root).expanduser().is_dir():
             return None
         return Path(root).expanduser()
