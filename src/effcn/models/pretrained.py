@@ -28,7 +28,7 @@ import torch
 from .._version import __version__
 from ..errors import CheckpointError, ConfigError, EffcnError
 from ..io import atomic_write_bytes, write_json
-from .registry import create_model, input_shape, model_config_dict
+from .registry import class_names_or_indices, create_model, input_shape, model_config_dict
 
 FORMAT = "effcn-pretrained-v1"
 CONFIG_NAME = "config.json"
@@ -70,7 +70,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, class_names=(
     safetensors_torch = _safetensors()
     directory = Path(directory)
     check_output_folder(directory, force)
-    names = [str(n) for n in class_names] or [str(i) for i in range(model.config.num_classes)]
+    names = class_names_or_indices(class_names, model.config.num_classes)
     config = {"format": FORMAT, "library_name": "effcn", "effcn_version": __version__,
               "model_name": model.model_name, "model_args": model_config_dict(model),
               "class_names": names, "input_size": list(input_shape(model.config)),
@@ -211,8 +211,8 @@ def build_model(config: dict, weights: Path | None = None) -> torch.nn.Module:
     check_model(config, weights)
     args = {k: _as_tuples(v) for k, v in config["model_args"].items()}
     model = create_model(config["model_name"], **args)
-    config["class_names"] = config.get("class_names") or \
-        [str(i) for i in range(model.config.num_classes)]
+    config["class_names"] = class_names_or_indices(config.get("class_names"),
+                                                   model.config.num_classes)
     return model
 
 

@@ -47,6 +47,12 @@ def count_parameters(module: nn.Module, include_decoder: bool = True) -> int:
                if p.requires_grad and (include_decoder or not name.startswith("decoder.")))
 
 
+def class_names_or_indices(names, num_classes: int) -> list[str]:
+    """``names`` as strings, or "0", "1", ... for a model of ``num_classes`` when none are kept
+    (what checkpoints, published folders and predictions show)."""
+    return [str(n) for n in names or []] or [str(i) for i in range(num_classes)]
+
+
 def default_config(name: str):
     """The preset's dataclass config (a fresh copy)."""
     return _lookup(name)[1]()

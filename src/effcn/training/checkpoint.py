@@ -108,8 +108,8 @@ def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path = "
 
 def class_names_of(state: dict, num_classes: int) -> list[str]:
     """The class names a checkpoint stores, or "0", "1", ... when it stores none."""
-    return [str(n) for n in state.get("class_names") or []] or \
-        [str(i) for i in range(num_classes)]
+    from ..models.registry import class_names_or_indices
+    return class_names_or_indices(state.get("class_names"), num_classes)
 
 
 def model_from_checkpoint(path: str | Path, map_location="cpu"):
