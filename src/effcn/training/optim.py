@@ -61,12 +61,12 @@ class CapturableAdam(torch.optim.Adam):
 
     The step count is a device tensor per parameter (as torch's ``capturable=True`` Adam keeps
     it), the learning rate a device tensor per group refreshed from ``group["lr"]`` before every
-    eager step and every graph replay (:meth:`refresh_lr`, a fill without a host sync), so schedules keep writing Python
-    floats into the param groups and a captured graph picks their new value up. With
-    ``keras_eps`` epsilon sits where Keras puts it: w -= lr sqrt(1 - b2^t) / (1 - b1^t) m /
-    (sqrt(v) + eps), computed in that form (the fused kernel gets the same from
-    :func:`keras_epsilon`'s eps_t = eps / sqrt(1 - b2^t), set from the host). The state dict is Adam's
-    (exp_avg, exp_avg_sq, step), so checkpoints move between this and the fused Adam; results
+    eager step and every graph replay (:meth:`refresh_lr`, a fill without a host sync), so
+    schedules keep writing Python floats into the param groups and a captured graph picks their
+    new value up. With ``keras_eps`` epsilon sits where Keras puts it: w -= lr sqrt(1 - b2^t) /
+    (1 - b1^t) m / (sqrt(v) + eps), computed in that form (the fused kernel gets the same from
+    :func:`keras_epsilon`'s eps_t = eps / sqrt(1 - b2^t), set from the host). The state dict is
+    Adam's (exp_avg, exp_avg_sq, step), so checkpoints move between this and the fused Adam; results
     agree with it to float rounding, not bit for bit (the bias corrections are float32 here).
     """
 
@@ -153,6 +153,8 @@ class CapturableAdam(torch.optim.Adam):
             torch._foreach_lerp_(m, grads, 1 - beta1)
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+            # A 0-d tensor added to a list syncs on CUDA, which a capture forbids (seen on an
+            # H200): the tensor factors are multiplied and divided, the Python epsilons added.
             denom = torch._foreach_sqrt(v)
             if self.keras_eps:  # Keras: lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
                 torch._foreach_add_(denom, group["keras_eps"])
@@ -161,8 +163,6 @@ class CapturableAdam(torch.optim.Adam):
                 torch._foreach_div_(denom, bias2_sqrt)
                 torch._foreach_add_(denom, group["eps"])
                 step_size = lr / bias1
-            # (a 0-d tensor added to a list syncs on CUDA, which a capture forbids: the tensor
-            # factors are multiplied and divided, the Python epsilons added)
             update = torch._foreach_div(m, denom)
             torch._foreach_mul_(update, step_size)
             torch._foreach_sub_(params, update)
