@@ -3,7 +3,7 @@
 # 32 and 256 (seconds per epoch, peak memory, kernels per step, busy fraction), time to 99.6%
 # validation-selected test accuracy, configs/mnist_long_cpu.yaml end to end, effcn sweep
 # --workers N against one seed, the two public ports (.devdata/peers/). Under 8 minutes:
-#   EFFCN_DATA=.devdata bash benchmarks/gpu_check.sh --out $OUT/gpu_check.json > $OUT/gpu_check.log
+#   bash benchmarks/gpu_check.sh --data-root .devdata/mnist --out $OUT/gpu_check.json | tee $OUT/gpu_check.log
 # On any machine: bash benchmarks/gpu_check.sh --smoke --data-root DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
