@@ -147,6 +147,12 @@ def test_npz_and_npy_arrays(tmp_path):
     np.save(tmp_path / "npy" / "labels.npy", y)
     train = ArrayFile(tmp_path / "npy", "train", options=opts())
     assert len(train) == 27 and train.classes == ["0", "1", "2"] and train.images.shape[1] == 3
+    # channels 0 (auto): grey as image files are, one channel or three equal ones
+    grey_rgb = np.repeat((x[..., :1] * 255).astype(np.uint8), 3, axis=3)
+    np.savez(tmp_path / "grey_rgb.npz", images=grey_rgb, labels=y)
+    auto = opts(channels=0)
+    assert ArrayFile(tmp_path / "grey_rgb.npz", "train", options=auto).images.shape[1] == 1
+    assert ArrayFile(tmp_path / "a.npz", "train", options=auto).images.shape[1] == 3
     np.savez(tmp_path / "objects.npz", images=np.array([x[0], None], dtype=object), labels=y[:2])
     with pytest.raises(DataError, match="pickled arrays"):
         ArrayFile(tmp_path / "objects.npz", "train", options=opts())

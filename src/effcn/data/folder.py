@@ -277,8 +277,9 @@ class ArrayFile(_OwnImages):
                                 f"labels; they must be as many.")
             splits[split] = (x, y)
             top = max(top, int(y.max()) + 1 if len(y) else 0)
-        channels = options.channels or (1 if all(x.shape[3] == 1 for x, _ in splits.values())
-                                        else 3)
+        # grey as for image files (and survey): one channel, or three equal ones
+        channels = options.channels or (1 if all(x.shape[3] == 1 or _grey(x)
+                                                 for x, _ in splits.values()) else 3)
         size = options.image_size or max(splits["train"][0].shape[1:3])
         for split, (x, y) in splits.items():
             splits[split] = (_nchw(np.stack([fit_image(_to_channels(a, channels), size,
